@@ -1,0 +1,5 @@
+import sys
+
+from mirador.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Speaking to model servers: the Ollama client and the embedded server."""

@@ -1,0 +1,1 @@
+"""Confidence-weighted streaming: events, the chain executor, renderers."""
