@@ -97,7 +97,7 @@ def run_reporting_errors(run, options, debug: bool) -> int:
         # The reader of our output went away (`mirador ask … | head`): not an error of ours.
         sys.stderr.close()
         return 0
-    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+    except Exception as exc:  # the last line of defence against tracebacks
         if debug:
             raise
         print(f"mirador: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
