@@ -1,0 +1,193 @@
+"""`mirador ask`: plan a chain, stream every stage, log it.
+
+The path to the first token is kept short on purpose: no history database, no
+YAML unless a config file exists, no rich in a pipe. History is written after
+the stream ends, or when Ctrl-C or a dying server ends it early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from mirador.errors import EXIT_INTERRUPTED, MiradorError, UsageError
+
+
+def configure(command: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", nargs="*", help="the question; stdin is appended to it as material")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("-m", "--model", help="answer with this one model (a single stage)")
+    which.add_argument("--chain", help="comma-separated models, fastest first, e.g. llama3.2:1b,llama3.1:8b")
+    parser.add_argument("-s", "--system", help="system prompt for every stage")
+    convo = parser.add_mutually_exclusive_group()
+    convo.add_argument("-c", "--continue", dest="continue_last", action="store_true",
+                       help="continue the last conversation")
+    convo.add_argument("--cid", type=int, help="continue the conversation with this id")
+    parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="model option, e.g. -o temperature=0.2 -o num_ctx=8192 (repeatable)")
+    parser.add_argument("--keep-alive", help="how long models stay loaded afterwards (5m, 1h, -1 forever, 0)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON event per line (NDJSON)")
+    parser.add_argument("--final", action="store_true", help="print only the last stage's answer")
+    parser.add_argument("--no-log", action="store_true", help="do not record this exchange in history")
+    parser.set_defaults(run=run_ask)
+
+
+def read_prompt(words: list[str], stdin: Any = None) -> str:
+    """The question from the arguments, with piped stdin appended as material (or alone)."""
+    stdin = sys.stdin if stdin is None else stdin
+    prompt = " ".join(words).strip()
+    material = ""
+    if stdin is not None and not stdin.isatty():
+        raw = stdin.buffer.read()
+        material = raw.decode("utf-8", errors="replace")
+        if "\ufffd" in material and "\ufffd".encode() not in raw:
+            print("mirador: stdin is not valid UTF-8; undecodable bytes were replaced with �", file=sys.stderr)
+        material = material.strip()
+    if prompt and material:
+        return f"{prompt}\n\n{material}"
+    if prompt or material:
+        return prompt or material
+    raise UsageError(
+        "no question: give it as arguments or on stdin",
+        hint='mirador ask "why is the sky blue?"   or   cat notes.md | mirador ask "summarize"',
+    )
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"option '{pair}' is not KEY=VALUE", hint="for example: -o temperature=0.2")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value  # a plain string, e.g. -o stop=END
+    return options
+
+
+def chosen_models(args: argparse.Namespace, default_chain: list[str]) -> list[str]:
+    if args.model:
+        return [args.model]
+    if args.chain:
+        models = [m.strip() for m in args.chain.split(",") if m.strip()]
+        if not models:
+            raise UsageError("--chain names no model", hint="--chain llama3.2:1b,llama3.1:8b")
+        return models
+    return default_chain
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    from mirador.config import load_settings, parse_keep_alive
+    from mirador.runtime.pins import keep_alive_for, read_pins
+    from mirador.stream.chain import ChainRequest, stages_for
+
+    settings = load_settings()
+    prompt = read_prompt(args.prompt)
+    options = {**settings.options, **parse_options(args.option)}
+    if args.keep_alive is not None:
+        try:
+            fixed = parse_keep_alive(args.keep_alive)
+        except ValueError as exc:
+            raise UsageError(f"--keep-alive {args.keep_alive}: {exc}") from None
+
+        def keep_alive(model: str) -> Any:
+            return fixed
+    else:
+        pins = read_pins(settings.paths)
+
+        def keep_alive(model: str) -> Any:
+            return keep_alive_for(model, settings.keep_alive, pins)
+
+    conversation_id, earlier_turns = _conversation(args, settings)
+    request = ChainRequest(
+        query=prompt,
+        stages=stages_for(chosen_models(args, settings.chain)),
+        keep_alive=keep_alive,
+        system=args.system,
+        history=earlier_turns,
+        options=options,
+    )
+    renderer = _renderer(args)
+    from mirador.stream.record import ExchangeRecorder
+
+    recorder = ExchangeRecorder(prompt, system=args.system, options=options, conversation_id=conversation_id)
+    interrupted = False
+    try:
+        _stream(settings, request, renderer, recorder)
+    except KeyboardInterrupt:
+        interrupted = True
+    renderer.close(interrupted)
+    record = recorder.finish(interrupted)
+    if settings.log_history and not args.no_log:
+        _save(record, renderer)
+    return EXIT_INTERRUPTED if interrupted else recorder.exit_code
+
+
+def _stream(settings: Any, request: Any, renderer: Any, recorder: Any) -> None:
+    import asyncio
+
+    from mirador.runtime.client import OllamaClient
+    from mirador.stream.chain import run_chain
+
+    async def main() -> None:
+        async with OllamaClient(settings.host, connect_timeout=settings.connect_timeout) as client:
+            async for event in run_chain(client, request):
+                recorder.handle(event)
+                renderer.handle(event)
+
+    asyncio.run(main())
+
+
+def _renderer(args: argparse.Namespace) -> Any:
+    from mirador.stream import render
+
+    if args.json:
+        return render.JsonRenderer()
+    if sys.stdout.isatty():
+        return render.TerminalRenderer(final_only=args.final)
+    return render.PlainRenderer(final_only=args.final)
+
+
+def _conversation(args: argparse.Namespace, settings: Any) -> tuple[int | None, list[dict[str, str]]]:
+    if not (args.continue_last or args.cid):
+        return None, []
+    from mirador.history import HistoryStore
+
+    store = HistoryStore(settings.paths.history_db)
+    try:
+        if args.cid is not None:
+            if not store.conversation_exists(args.cid):
+                raise MiradorError(f"no conversation with id {args.cid}",
+                                  hint="`mirador history` lists exchanges and their conversations")
+            cid = args.cid
+        else:
+            cid = store.last_conversation_id()
+            if cid is None:
+                return None, []  # nothing to continue: start the first conversation
+        return cid, store.conversation_messages(cid)
+    finally:
+        store.close()
+
+
+def _save(record: Any, renderer: Any) -> None:
+    import sqlite3
+
+    from mirador.history import HistoryStore
+
+    if not record.stages:
+        return
+    try:
+        store = HistoryStore.open_default()
+        try:
+            exchange_id, _ = store.save_exchange(record)
+        finally:
+            store.close()
+    except (MiradorError, OSError, sqlite3.Error) as exc:
+        print(f"mirador: the answer was not saved to history: {exc}", file=sys.stderr)
+        return
+    if hasattr(renderer, "note"):
+        renderer.note(f"saved as #{exchange_id} · mirador history show {exchange_id}")
