@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,3 +42,11 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 def scripted_server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
     """A scripted server with the built-in models fast:1b, mid:3b, big:8b."""
     return server_factory()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on (for "server not running" tests)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
