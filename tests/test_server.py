@@ -27,8 +27,9 @@ SLOW = {"num_tokens": 5000, "rate": 100}  # 50 s if left to run: tests cut it sh
 
 
 def stream(url: str, path: str, body: dict, *, times: list[float] | None = None,
-           stop_after: int | None = None) -> list[dict]:
-    """POST and read NDJSON lines; `times` gets each line's arrival; stop_after closes the connection early."""
+           stop_after: int | None = None, until: threading.Event | None = None) -> list[dict]:
+    """POST and read NDJSON lines; `times` gets each line's arrival. stop_after (a line count)
+    or `until` (an event) closes the connection early, as a client that goes away does."""
     lines = []
     with httpx.Client(timeout=60) as client, client.stream("POST", url + path, json=body) as response:
         assert response.status_code == 200, response.read()
@@ -37,9 +38,17 @@ def stream(url: str, path: str, body: dict, *, times: list[float] | None = None,
             if times is not None:
                 times.append(time.monotonic())
             lines.append(json.loads(line))
-            if stop_after is not None and len(lines) >= stop_after:
+            if (stop_after is not None and len(lines) >= stop_after) or (until is not None and until.is_set()):
                 break
     return lines
+
+
+def server_ns(chunk: dict) -> int:
+    """A chunk's created_at in ns: the server's own clock orders events across connections."""
+    stamp = chunk["created_at"].removesuffix("Z")
+    whole, _, fraction = stamp.partition(".")
+    seconds = int(datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp())
+    return seconds * 10**9 + int(fraction.ljust(9, "0"))
 
 
 def in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
@@ -176,7 +185,7 @@ def test_keep_alive_loads_unloads_and_sets_expiry(server_factory):
     assert reloaded[-1]["load_duration"] >= 0.2e9  # a cold load again
     assert wait_until(lambda: ps(server) == {}, 5)  # keep_alive 0: gone after the answer
 
-    stream(url, "/api/chat", chat_body("b:1b", keep_alive=0.5))
+    stream(url, "/api/chat", chat_body("b:1b", keep_alive="1.5s"))
     assert "b:1b" in ps(server)
     assert wait_until(lambda: ps(server) == {}, 10)  # the timer unloaded it
 
@@ -196,10 +205,9 @@ def test_when_every_loaded_model_is_busy_a_new_model_waits(server_factory):
     thread, out = in_thread(stream, server.url, "/api/chat", chat_body("a:1b"), times=a_times)
     assert wait_until(lambda: len(a_times) > 0)
     b = stream(server.url, "/api/chat", chat_body("b:1b"))
-    b_done = time.monotonic()
     a = joined(thread, out)
     assert a[-1]["done_reason"] == "stop" and b[-1]["done_reason"] == "stop"
-    assert b_done >= a_times[-1]  # b loaded only once a finished and could be evicted
+    assert server_ns(b[0]) >= server_ns(a[-1])  # b loaded only once a finished and could be evicted
     assert set(ps(server)) == {"b:1b"}
 
 
@@ -208,29 +216,41 @@ def test_when_every_loaded_model_is_busy_a_new_model_waits(server_factory):
 
 def test_one_request_at_a_time_per_model_in_order(server_factory):
     server = server_factory({"slow:1b": {"num_tokens": 8, "rate": 20}})
-    times = [[], []]
     threads = []
     for i in range(2):
-        threads.append(in_thread(stream, server.url, "/api/chat", chat_body("slow:1b", f"q{i}"), times=times[i]))
+        threads.append(in_thread(stream, server.url, "/api/chat", chat_body("slow:1b", f"q{i}")))
         assert wait_until(lambda n=i + 1: len(server.requests()) == n)
-    results = [joined(*t) for t in threads]
-    assert all(r[-1]["done"] and r[-1]["eval_count"] == 8 for r in results)
-    first, second = sorted(times, key=lambda t: t[0])
-    assert second[0] >= first[-1]
-    assert times[0] is first  # FIFO: the first to arrive ran first
+    # A preload of the busy model does not queue: it answers at once and sets the new keep_alive.
+    preload = httpx.post(server.url + "/api/generate", json={"model": "slow:1b", "keep_alive": -1}).json()
+    first, second = [joined(*t) for t in threads]
+    assert all(r[-1]["done"] and r[-1]["eval_count"] == 8 for r in (first, second))
+    assert server_ns(second[0]) >= server_ns(first[-1])  # FIFO, one at a time
+    assert server_ns(preload) < server_ns(first[-1])
+    assert expires_in(ps(server)["slow:1b"]) > timedelta(days=365 * 200)
+
+    # Unloading a busy model answers at once; the model goes when its request ends.
+    times: list[float] = []
+    thread, out = in_thread(stream, server.url, "/api/chat", chat_body("slow:1b"), times=times)
+    assert wait_until(lambda: len(times) > 0)
+    unloaded = httpx.post(server.url + "/api/generate", json={"model": "slow:1b", "keep_alive": 0}).json()
+    assert unloaded["done_reason"] == "unload" and "slow:1b" in ps(server)
+    assert joined(thread, out)[-1]["done_reason"] == "stop"
+    assert wait_until(lambda: ps(server) == {}, 5)
 
 
 def test_a_full_queue_answers_503(server_factory):
-    server = server_factory({"slow:1b": {"num_tokens": 20, "rate": 40}}, max_queue=1)
+    server = server_factory({"slow:1b": SLOW}, max_queue=1)
     times: list[float] = []
-    running = in_thread(stream, server.url, "/api/chat", chat_body("slow:1b"), times=times)
+    done = threading.Event()
+    running = in_thread(stream, server.url, "/api/chat", chat_body("slow:1b"), times=times, until=done)
     assert wait_until(lambda: len(times) > 0)
-    queued = in_thread(stream, server.url, "/api/chat", chat_body("slow:1b"))
+    queued = in_thread(stream, server.url, "/api/chat", chat_body("slow:1b"), until=done)
     assert wait_until(lambda: len(server.requests()) == 2)
     refused = httpx.post(server.url + "/api/chat", json=chat_body("slow:1b"))
     assert refused.status_code == 503
     assert refused.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
-    assert joined(*running)[-1]["done"] and joined(*queued)[-1]["done"]
+    done.set()  # both clients leave after their next line: the queued one did get its turn
+    assert len(joined(*running)) > 1 and len(joined(*queued)) == 1
 
 
 def test_client_disconnect_frees_the_model_for_the_next_request(server_factory):

@@ -235,22 +235,36 @@ class Scheduler:
             self._give_turn(slot)
             raise
 
-    async def unload(self, name: str) -> None:
-        """Unload a model once the requests queued for it are done (keep_alive 0 with no prompt)."""
+    async def preload(self, name: str, keep_alive: float | None = None) -> None:
+        """Load a model (no prompt). A loaded model only takes the new keep_alive, at once,
+        even while busy, like Ollama: a preload never waits behind a running request."""
         slot = self._slot(name)
-        if not slot.occupies_memory and not slot.busy and not slot.waiters:
-            return
-        await self._take_turn(slot)
-        try:
-            if slot.load_task is not None:
-                await asyncio.shield(slot.load_task)
-        except BaseException:
-            self._give_turn(slot)
-            raise
         if slot.loaded is None:
-            self._give_turn(slot)
+            (await self.acquire(name, keep_alive)).release()
             return
-        await asyncio.shield(self._unload_holding_turn(slot))
+        if keep_alive is not None:
+            slot.keep_alive = keep_alive
+        if slot.idle:
+            self._arm_timer(slot)  # the timer restarts, as after any request
+
+    async def unload(self, name: str) -> None:
+        """keep_alive 0 with no prompt: unload now if idle, else as soon as the running request ends."""
+        slot = self._slot(name)
+        while True:
+            if slot.busy or slot.waiters:
+                slot.keep_alive = 0  # Lease.release unloads it
+                return
+            if slot.load_task is not None:  # its requester left while it loaded
+                await asyncio.gather(asyncio.shield(slot.load_task), return_exceptions=True)
+                continue
+            if slot.unload_task is not None:
+                await asyncio.shield(slot.unload_task)
+                return
+            if slot.loaded is None:
+                return
+            slot.busy = True
+            await asyncio.shield(self._unload_holding_turn(slot))
+            return
 
     def _release(self, slot: ModelSlot) -> None:
         if slot.keep_alive == 0 and slot.loaded is not None:

@@ -220,7 +220,7 @@ class OllamaServer:
             if keep_alive == 0:
                 await self.scheduler.unload(name)
                 return web.json_response(writer.final(name, "", "unload", None))
-            (await self.scheduler.acquire(name, keep_alive)).release()
+            await self.scheduler.preload(name, keep_alive)
             return web.json_response(writer.final(name, "", "load", None))
         gen = GenerationRequest(gen.messages, gen.prompt, gen.system, options)
         lease = await self.scheduler.acquire(name, keep_alive)

@@ -123,6 +123,11 @@ def load_script(path: Path | None) -> Script:
         if not isinstance(data["record"], str):
             raise ConfigError(f"{path}: 'record' must be a file path")
         script.record = Path(data["record"]).expanduser()
+        try:  # fail at start-up, not on every request
+            script.record.parent.mkdir(parents=True, exist_ok=True)
+            script.record.open("a").close()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot write the record file {script.record}: {exc.strerror}") from None
     return script
 
 
