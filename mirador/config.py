@@ -169,29 +169,29 @@ class Settings:
             raise AttributeError(name) from None
 
 
-def _read_file(file: Path) -> tuple[dict[str, Any], Any]:
+def _read_file(file: Path) -> dict[str, Any]:
+    """The settings stored in config.yaml, each validated; a bad one names its line and key."""
     if not file.exists():
-        return {}, None
+        return {}
     from mirador.yamlfile import load_yaml_mapping
 
     loaded = load_yaml_mapping(file)
-    return loaded.data, loaded
-
-
-def load_settings(p: Paths | None = None) -> Settings:
-    """Defaults, then config.yaml (validated, errors name line and key), then the environment."""
-    p = p or paths()
-    data, loaded = _read_file(p.config_file)
     values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for key, value in data.items():
+    for key, value in loaded.data.items():
         if key not in SETTINGS:
             raise loaded.error((key,), "unknown setting", hint=f"known settings: {', '.join(SETTINGS)}")
         try:
             values[key] = SETTINGS[key].parse(value)
         except ValueError as exc:
             raise loaded.error((key,), str(exc)) from None
-        sources[key] = str(p.config_file)
+    return values
+
+
+def load_settings(p: Paths | None = None) -> Settings:
+    """Defaults, then config.yaml (validated, errors name line and key), then the environment."""
+    p = p or paths()
+    values = _read_file(p.config_file)
+    sources = {key: str(p.config_file) for key in values}
     for key, setting in SETTINGS.items():
         env_value = os.environ.get(setting.env) if setting.env else None
         if env_value:
@@ -220,7 +220,7 @@ def set_setting(key: str, raw_value: str, p: Paths | None = None) -> Any:
         value = SETTINGS[key].parse(parsed_input)
     except ValueError as exc:
         raise ConfigError(f"setting '{key}': {exc}") from None
-    data, _ = _read_file(p.config_file)  # raises on a broken file before anything is written
+    data = _read_file(p.config_file)  # raises on a broken file before anything is written
     data[key] = value
     from mirador.yamlfile import write_private_atomically
 

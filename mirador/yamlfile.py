@@ -67,13 +67,7 @@ def load_yaml_mapping(path: Path, text: str | None = None) -> LoadedYaml:
         node = yaml.compose(source, Loader=loader)
         data = yaml.load(source, Loader=loader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            f"{where}: YAML syntax error: {problem}",
-            hint="fix the line shown; the file was not changed by Mirador",
-        ) from exc
+        raise _syntax_error(path, source, exc) from exc
     if data is None:
         return LoadedYaml(path, {})
     if not isinstance(data, dict):
@@ -81,6 +75,34 @@ def load_yaml_mapping(path: Path, text: str | None = None) -> LoadedYaml:
     lines: dict[tuple[str, ...], int] = {}
     _record_lines(node, (), lines)
     return LoadedYaml(path, data, lines)
+
+
+def _syntax_error(path: Path, source: str, exc: Exception) -> ConfigError:
+    """Name the line where the broken construct starts and the key it belongs to."""
+    problem_mark = getattr(exc, "problem_mark", None)
+    context_mark = getattr(exc, "context_mark", None)
+    mark = context_mark or problem_mark
+    if mark is None:
+        return ConfigError(f"{path}: YAML syntax error: {exc}")
+    line = mark.line + 1
+    key = _key_at_or_before(source, mark.line)
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    if context_mark and problem_mark and problem_mark.line != context_mark.line:
+        problem += f" (noticed at line {problem_mark.line + 1})"
+    where = f"{path}, line {line}" + (f", key '{key}'" if key else "")
+    return ConfigError(f"{where}: YAML syntax error: {problem}",
+                       hint="fix that line; Mirador did not change the file")
+
+
+def _key_at_or_before(source: str, line_index: int) -> str | None:
+    import re
+
+    lines = source.splitlines()
+    for text in reversed(lines[: line_index + 1]):
+        match = re.match(r"^\s*([A-Za-z_][\w.-]*)\s*:", text)
+        if match:
+            return match.group(1)
+    return None
 
 
 def write_private_atomically(path: Path, text: str) -> None:
