@@ -1,64 +1,70 @@
 """Turns the event stream into the history row of one exchange.
 
 It sees every event the renderer sees, so whatever was shown is what is kept,
-including the text of a stage cut short by Ctrl-C or a dying server.
+including the text of a stage cut short by Ctrl-C or a dying server. The
+history module (sqlite3) is only loaded in `finish`, after the stream: it has
+no business before the first token.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from mirador.errors import EXIT_OK
-from mirador.history import ExchangeRecord, StageRecord
 from mirador.stream.events import StageFailed, StageFinished, StageStarted, StreamEvent, TokenEvent
+
+if TYPE_CHECKING:
+    from mirador.history import ExchangeRecord
 
 
 class ExchangeRecorder:
     def __init__(self, prompt: str, *, system: str | None, options: dict[str, Any],
                  conversation_id: int | None):
-        self.record = ExchangeRecord(prompt=prompt, status="complete", conversation_id=conversation_id,
-                                     system=system, options=options, created_at=time.time())
+        self.prompt, self.system, self.options = prompt, system, options
+        self.conversation_id = conversation_id
+        self.created_at = time.time()
+        self.stages: list[dict[str, Any]] = []  # StageRecord fields, by name
         self._parts: list[str] = []
-        self._current: StageRecord | None = None
+        self._current: dict[str, Any] | None = None
         self.exit_code = EXIT_OK
 
     def handle(self, event: StreamEvent) -> None:
         if isinstance(event, TokenEvent):
             self._parts.append(event.token)
         elif isinstance(event, StageStarted):
-            self._current = StageRecord(index=event.stage - 1, model=event.model, purpose=event.purpose,
-                                        confidence=event.confidence, started_at=time.time())
+            self._current = {"index": event.stage - 1, "model": event.model, "purpose": event.purpose,
+                             "confidence": event.confidence, "started_at": time.time()}
             self._parts = []
-            self.record.stages.append(self._current)
+            self.stages.append(self._current)
         elif isinstance(event, StageFinished) and self._current is not None:
-            stats = event.stats
-            stage = self._current
-            stage.text = event.text
-            stage.done_reason = stats.done_reason
-            stage.ttft_ms, stage.total_ms, stage.load_ms = stats.ttft_ms, stats.total_ms, stats.load_ms
-            stage.prompt_eval_count, stage.eval_count = stats.prompt_eval_count, stats.eval_count
-            stage.eval_ms, stage.tokens_per_s = stats.eval_ms, stats.tokens_per_s
+            stats = asdict(event.stats)
+            stats.pop("done_reason")
+            self._current.update(stats, text=event.text, done_reason=event.stats.done_reason)
             self._current = None
         elif isinstance(event, StageFailed) and self._current is not None:
-            self._current.text = event.text
-            self._current.error = event.message
             # Text cut off by a failure is a partial answer, like one cut off by Ctrl-C.
-            self._current.interrupted = bool(event.text)
+            self._current.update(text=event.text, error=event.message, interrupted=bool(event.text))
             self._current = None
             if self.exit_code == EXIT_OK:
                 self.exit_code = event.exit_code
 
     def finish(self, interrupted: bool) -> ExchangeRecord:
+        from mirador.history import ExchangeRecord, StageRecord
+
         if interrupted and self._current is not None:
-            self._current.text = "".join(self._parts)
-            self._current.interrupted = True
-        stages = self.record.stages
+            self._current.update(text="".join(self._parts), interrupted=True)
+        stages = [StageRecord(**fields) for fields in self.stages]
         failed = [s for s in stages if s.error]
         if interrupted:
-            self.record.status = "interrupted"
+            status = "interrupted"
         elif failed and len(failed) == len(stages):
-            self.record.status = "failed"
+            status = "failed"
         elif failed:
-            self.record.status = "partial"
-        return self.record
+            status = "partial"
+        else:
+            status = "complete"
+        return ExchangeRecord(prompt=self.prompt, status=status, stages=stages,
+                              conversation_id=self.conversation_id, system=self.system, options=self.options,
+                              created_at=self.created_at)
