@@ -134,6 +134,24 @@ def _as_options(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _as_budget(value: Any) -> int:
+    if isinstance(value, bool) or not str(value).strip().isdigit() or int(str(value).strip()) < 1:
+        raise ValueError("expected a whole number of tokens, e.g. 2048")
+    return int(str(value).strip())
+
+
+def _as_text_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or any(not isinstance(v, str) or not v.strip() for v in value):
+        raise ValueError("expected a list of sentences, e.g. [\"never suggest cloud services\"]")
+    return [v.strip() for v in value]
+
+
+def _as_optional_model(value: Any) -> str:
+    return "" if value is None or str(value).strip().lower() in ("", "off", "none", "false") else _as_str(value)
+
+
 @dataclass(frozen=True)
 class Setting:
     default: Any
@@ -153,6 +171,10 @@ SETTINGS: dict[str, Setting] = {
     "options": Setting({}, _as_options, "model options sent with every request (temperature, num_ctx, …)"),
     "connect_timeout": Setting(5.0, _as_positive_float, "seconds to wait for the server to accept a connection"),
     "log_history": Setting(True, _as_bool, "record every answer in history.db"),
+    "context_budget": Setting(2048, _as_budget, "tokens of compiled context (history, DNA, facts) for stages 2..n"),
+    "constraints": Setting([], _as_text_list, "standing constraints every answer respects (a list of sentences)"),
+    "context_summariser": Setting("", _as_optional_model,
+                                  "small model that summarises older turns for the context (off: extractive)"),
 }
 
 

@@ -32,6 +32,7 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     output.add_argument("--json", action="store_true", help="one JSON event per line (NDJSON)")
     parser.add_argument("--final", action="store_true", help="print only the last stage's answer")
     parser.add_argument("--no-log", action="store_true", help="do not record this exchange in history")
+    parser.add_argument("--no-dna", action="store_true", help="do not apply your DNA (mirador dna show) this once")
     parser.set_defaults(run=run_ask)
 
 
@@ -103,13 +104,17 @@ def run_ask(args: argparse.Namespace) -> int:
             return keep_alive_for(model, settings.keep_alive, pins)
 
     conversation_id, earlier_turns = _conversation(args, settings)
+    stages = stages_for(chosen_models(args, settings.chain))
+    dna = None if args.no_dna else _dna(settings)
     request = ChainRequest(
         query=prompt,
-        stages=stages_for(chosen_models(args, settings.chain)),
+        stages=stages,
         keep_alive=keep_alive,
         system=args.system,
         history=earlier_turns,
         options=options,
+        shape=_shaper(dna),
+        context=_context(prompt, earlier_turns, dna, settings, [s.model for s in stages]),
     )
     renderer = _renderer(args)
     from mirador.stream.record import ExchangeRecorder
@@ -125,6 +130,30 @@ def run_ask(args: argparse.Namespace) -> int:
     if settings.log_history and not args.no_log:
         _save(record, renderer)
     return EXIT_INTERRUPTED if interrupted else recorder.exit_code
+
+
+def _dna(settings: Any) -> Any:
+    """The user's DNA (None until `mirador dna` created it): a stat and a JSON read when unchanged."""
+    from mirador.dna.store import load_for_ask
+
+    return load_for_ask(settings.paths)
+
+
+def _shaper(dna: Any) -> Any:
+    if dna is None:
+        return None
+    from mirador.dna.apply import DnaShaper
+
+    return DnaShaper(dna)
+
+
+def _context(prompt: str, history: list[dict[str, str]], dna: Any, settings: Any, models: list[str]) -> Any:
+    """The compile step for stages 2..n (None when there is nothing to compile); it runs beside stage 1."""
+    if len(models) < 2 or not (history or settings.constraints):
+        return None  # nothing to compile: keep even the import of the compiler off the path
+    from mirador.context.service import compiler_for_chain
+
+    return compiler_for_chain(prompt, history, dna, settings, models)
 
 
 def _stream(settings: Any, request: Any, renderer: Any, recorder: Any) -> None:

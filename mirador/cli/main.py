@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unload": ("models", "free the memory of loaded models"),
     "doctor": ("doctor", "check the whole set-up and say what to fix"),
     "config": ("config", "show, locate or change settings"),
+    "dna": ("dna", "your preference profile: show, edit, set, diff, reset, crossover, preview"),
+    "context": ("context", "show exactly what context later stages would receive"),
     "serve": ("serve", "run the embedded Ollama-compatible server"),
 }
 

@@ -7,6 +7,7 @@ reported as an event and the chain goes on, unless the server itself is gone.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -76,12 +77,25 @@ class ChainRequest:
     system: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)  # earlier turns of the conversation
     options: dict[str, Any] = field(default_factory=dict)
+    # The user's DNA: stage -> (system fragment, options); explicit options override its options.
+    shape: Callable[[Stage], tuple[str, dict[str, Any]]] | None = None
+    # Compiles the context (distilled history, facts, constraints) for stages 2..n. It runs in a
+    # thread beside stage 1 and replaces the raw history there; stage 1 never waits for it.
+    context: Callable[[], str] | None = None
 
 
-def stage_messages(request: ChainRequest, stage: Stage, earlier: list[tuple[Stage, str]]) -> list[dict[str, str]]:
-    system = "\n\n".join(part for part in (request.system, PURPOSE_INSTRUCTIONS[stage.purpose]) if part)
+def _shape(request: ChainRequest, stage: Stage) -> tuple[str, dict[str, Any]]:
+    return request.shape(stage) if request.shape is not None else ("", {})
+
+
+def stage_messages(request: ChainRequest, stage: Stage, earlier: list[tuple[Stage, str]],
+                   context: str | None = None) -> list[dict[str, str]]:
+    """`context`, when compiled, stands in for the raw history (stages 2..n)."""
+    parts = (request.system, PURPOSE_INSTRUCTIONS[stage.purpose], _shape(request, stage)[0], context)
+    system = "\n\n".join(part for part in parts if part)
     messages = [{"role": "system", "content": system}] if system else []
-    messages += request.history
+    if context is None:
+        messages += request.history
     content = request.query
     drafts = [(s, text) for s, text in earlier if text.strip()]
     if drafts:
@@ -93,7 +107,7 @@ def stage_messages(request: ChainRequest, stage: Stage, earlier: list[tuple[Stag
 
 
 def stage_options(request: ChainRequest, stage: Stage) -> dict[str, Any]:
-    options = {**request.options, **stage.options}
+    options = {**_shape(request, stage)[1], **request.options, **stage.options}
     if stage.max_tokens is not None:
         current = options.get("num_predict")
         if not isinstance(current, int) or current < 0 or current > stage.max_tokens:
@@ -101,11 +115,35 @@ def stage_options(request: ChainRequest, stage: Stage) -> dict[str, Any]:
     return options
 
 
+async def _compiled(task: asyncio.Future[str] | None) -> str | None:
+    """The compiled context, or None (raw history instead) when there is none or it failed."""
+    if task is None:
+        return None
+    try:
+        return await task
+    except Exception:  # a failed compile must not cost the user the answer: fall back to raw history
+        return None
+
+
 async def run_chain(client: OllamaClient, request: ChainRequest) -> AsyncIterator[StreamEvent]:
     earlier: list[tuple[Stage, str]] = []
     total = len(request.stages)
+    context_task: asyncio.Future[str] | None = None
+
+    def start_context() -> None:
+        # Started once stage 1's first token is out (or stage 1 ended), so that the compiler's
+        # imports and embeddings never compete with the first token for the interpreter.
+        nonlocal context_task
+        if context_task is None and request.context is not None and total > 1:
+            context_task = asyncio.ensure_future(asyncio.to_thread(request.context))
+            # A chain that ends before stage 2 never awaits it: retrieve its error so none is logged.
+            context_task.add_done_callback(lambda task: task.cancelled() or task.exception())
+
     for number, stage in enumerate(request.stages, 1):
         yield StageStarted(number, total, stage.model, stage.purpose, stage.confidence)
+        if number > 1:
+            start_context()
+        context = await _compiled(context_task) if number > 1 else None
         parts: list[str] = []
         ttft_ms: float | None = None
         final: dict[str, Any] = {}
@@ -113,7 +151,7 @@ async def run_chain(client: OllamaClient, request: ChainRequest) -> AsyncIterato
         try:
             stream = client.chat(
                 stage.model,
-                stage_messages(request, stage, earlier),
+                stage_messages(request, stage, earlier, context),
                 keep_alive=request.keep_alive(stage.model),
                 options=stage_options(request, stage),
             )
@@ -122,6 +160,7 @@ async def run_chain(client: OllamaClient, request: ChainRequest) -> AsyncIterato
                 if token:
                     if ttft_ms is None:
                         ttft_ms = (time.perf_counter() - started) * 1000
+                        start_context()
                     parts.append(token)
                     yield TokenEvent(number, stage.model, token, stage.confidence)
                 if chunk.get("done"):
