@@ -123,6 +123,7 @@ class ModelSlot:
     expires_at: float | None = None  # wall-clock deadline while idle; None while busy or forever
     timer: asyncio.TimerHandle | None = None
     last_used: float = 0.0
+    stale: bool = False  # the model was deleted or replaced: read its info again once free
 
     @property
     def idle(self) -> bool:
@@ -200,6 +201,9 @@ class Scheduler:
     def _slot(self, asked: str) -> ModelSlot:
         name = full_name(asked)
         slot = self._slots.get(name)
+        if slot is not None and slot.stale and not (slot.busy or slot.waiters or slot.occupies_memory):
+            del self._slots[name]
+            slot = None
         if slot is None:
             info = next((m for m in self.engine.list_models() if m.name == name), None)
             if info is None:
@@ -265,6 +269,21 @@ class Scheduler:
             slot.busy = True
             await asyncio.shield(self._unload_holding_turn(slot))
             return
+
+    def forget(self, name: str) -> None:
+        """A model was deleted or replaced (/api/delete, /api/create): unload it as soon as it is
+        idle, and read its description afresh from the engine for the next request."""
+        slot = self._slots.get(full_name(name))
+        if slot is None:
+            return
+        slot.keep_alive = 0  # a running request finishes; Lease.release then unloads it
+        if slot.idle and slot.load_task is None and slot.unload_task is None:
+            slot.busy = True
+            self._unload_holding_turn(slot)
+        if not slot.busy and not slot.waiters and not slot.occupies_memory:
+            del self._slots[slot.info.name]
+        else:
+            slot.stale = True  # replaced in _slot() once it holds nothing
 
     def _release(self, slot: ModelSlot) -> None:
         if slot.keep_alive == 0 and slot.loaded is not None:
