@@ -43,9 +43,9 @@ def smallest_chat_model(models: list[dict]) -> str | None:
     return chat[0]["name"] if chat else None
 
 
-def ask(host: str, model: str, question: str) -> int:
+def ask(host: str, model: str, question: str, *options: str) -> int:
     env = {**os.environ, "OLLAMA_HOST": host}
-    return subprocess.call([MIRADOR, "ask", "-m", model, question], env=env)
+    return subprocess.call([MIRADOR, "ask", "-m", model, *options, question], env=env)
 
 
 def with_embedded_server(question: str) -> int:
@@ -58,7 +58,9 @@ def with_embedded_server(question: str) -> int:
             return 3
         host = line.split("listening on ", 1)[1].split()[0]
         say(f"embedded runtime on {host}; asking {EMBEDDED_MODEL}")
-        return ask(host, EMBEDDED_MODEL, question)
+        # A 135M model samples nonsense now and then; greedy decoding makes the
+        # first answer a user sees reproducible.
+        return ask(host, EMBEDDED_MODEL, question, "-o", "temperature=0")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
