@@ -152,6 +152,26 @@ def _as_optional_model(value: Any) -> str:
     return "" if value is None or str(value).strip().lower() in ("", "off", "none", "false") else _as_str(value)
 
 
+def _as_number(low: float, high: float, example: str) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not low <= number <= high:  # NaN fails the range too
+            raise ValueError(f"expected a number from {low:g} to {high:g}, e.g. {example}")
+        return number
+
+    return parse
+
+
+def _as_energy_profile(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("auto", "survival", "balanced", "performance"):
+        raise ValueError("expected auto, survival, balanced or performance")
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     default: Any
@@ -175,6 +195,16 @@ SETTINGS: dict[str, Setting] = {
     "constraints": Setting([], _as_text_list, "standing constraints every answer respects (a list of sentences)"),
     "context_summariser": Setting("", _as_optional_model,
                                   "small model that summarises older turns for the context (off: extractive)"),
+    "energy_profile": Setting("auto", _as_energy_profile,
+                              "energy profile: auto (from the power state), survival, balanced or performance"),
+    "energy_survival_below": Setting(20.0, _as_number(0, 100, "20"),
+                                     "battery percent below which, unplugged, only micro models answer"),
+    "energy_micro_max_b": Setting(2.0, _as_number(0.01, 1000, "2"),
+                                  "largest model (billions of parameters) the survival profile may use"),
+    "energy_balanced_budget": Setting(0.5, _as_number(0.01, 1, "0.5"),
+                                      "on battery: share of the full-power plan's energy a plan may spend"),
+    "energy_active_watts": Setting(20.0, _as_number(0.1, 5000, "20"),
+                                   "watts the machine draws while a model decodes, until a sensor says"),
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from mirador.errors import MiradorError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5_000  # SQLite's own wait for a lock, per attempt
 LOCK_PATIENCE_S = 60.0  # our retry loop's total wait before telling the user
 PREVIEW_CHARS = 200
@@ -49,6 +49,10 @@ class StageRecord:
     eval_ms: float | None = None
     tokens_per_s: float | None = None
     total_ms: float | None = None
+    energy_j: float | None = None  # estimated by the energy cost model
+    energy_basis: str | None = None  # what the estimate rests on: "default", "measured tokens/s", "measured power"
+    measured_energy_j: float | None = None  # from a sensor over the answer, where one was readable
+    measured_by: str | None = None  # "RAPL" or "battery"
 
 
 @dataclass
@@ -121,6 +125,23 @@ class ExchangeSummary:
         return asdict(self)
 
 
+@dataclass
+class EnergyTotal:
+    """One line of `mirador history --energy`: the energy of a model's stages, or of a day's answers."""
+
+    key: str  # the model, or the day as YYYY-MM-DD (local time)
+    answers: int  # exchanges with at least one stage counted here
+    stages: int
+    tokens: int
+    energy_j: float  # the sum of the estimates there are
+    estimated_stages: int  # stages that have an estimate (older rows have none)
+    measured_j: float
+    measured_stages: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def _final_text(stages: list[StageRecord]) -> str:
     for stage in reversed(stages):
         if stage.text:
@@ -154,13 +175,23 @@ _SCHEMA_V1 = [
         prompt, answers, tokenize = 'unicode61 remove_diacritics 2')""",
 ]
 
+# Version 2: the energy of every stage (mirador.energy.accounting), estimated and measured.
+_SCHEMA_V2 = [
+    "ALTER TABLE stages ADD COLUMN energy_j REAL",
+    "ALTER TABLE stages ADD COLUMN energy_basis TEXT",
+    "ALTER TABLE stages ADD COLUMN measured_energy_j REAL",
+    "ALTER TABLE stages ADD COLUMN measured_by TEXT",
+]
+
 # _MIGRATIONS[n] takes a database from user_version n to n + 1.
-_MIGRATIONS: list[list[str]] = [_SCHEMA_V1]
+_MIGRATIONS: list[list[str]] = [_SCHEMA_V1, _SCHEMA_V2]
 
 _STAGE_COLUMNS = (
     "idx, model, purpose, confidence, text, done_reason, error, interrupted, started_at, ttft_ms, "
-    "load_ms, prompt_eval_count, eval_count, eval_ms, tokens_per_s, total_ms"
+    "load_ms, prompt_eval_count, eval_count, eval_ms, tokens_per_s, total_ms, "
+    "energy_j, energy_basis, measured_energy_j, measured_by"
 )
+_STAGE_MARKS = ", ".join("?" * (_STAGE_COLUMNS.count(",") + 2))  # the columns and exchange_id
 
 
 class HistoryStore:
@@ -210,7 +241,7 @@ class HistoryStore:
                  _text(record.status)),
             ).lastrowid
             conn.executemany(
-                f"INSERT INTO stages (exchange_id, {_STAGE_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+                f"INSERT INTO stages (exchange_id, {_STAGE_COLUMNS}) VALUES ({_STAGE_MARKS})",
                 [(exchange_id, *row) for row in stages],
             )
             conn.execute("INSERT INTO exchanges_fts (rowid, prompt, answers) VALUES (?, ?, ?)",
@@ -320,6 +351,36 @@ class HistoryStore:
             return _summaries(conn, rows)
 
         return self._transaction(work, "DEFERRED")
+
+    def stage_rates(self, per_model: int = 50) -> dict[str, list[tuple[float, float | None]]]:
+        """Decode speed (tokens/s) and load time (ms) of each model's newest answers, newest first:
+        what the energy cost model refines its defaults with. Short answers say little about speed."""
+
+        def work(conn: sqlite3.Connection) -> dict[str, list[tuple[float, float | None]]]:
+            rates: dict[str, list[tuple[float, float | None]]] = {}
+            for model, tps, load_ms in conn.execute(
+                    "SELECT model, tokens_per_s, load_ms FROM ("
+                    " SELECT model, tokens_per_s, load_ms,"
+                    "  row_number() OVER (PARTITION BY model ORDER BY exchange_id DESC, idx DESC) AS n"
+                    " FROM stages WHERE tokens_per_s > 0 AND eval_count >= 16)"
+                    " WHERE n <= ? ORDER BY model, n", (per_model,)):
+                rates.setdefault(model, []).append((float(tps), load_ms))
+            return rates
+
+        return self._transaction(work, None)
+
+    def energy_totals(self, by: str = "model", since: float | None = None) -> list[EnergyTotal]:
+        """Energy of the stages in history, summed by model or by local day (newest day first)."""
+        if by not in ("model", "day"):
+            raise ValueError(f"energy totals are by model or by day, not {by!r}")
+        key = "s.model" if by == "model" else "date(e.created_at, 'unixepoch', 'localtime')"
+        order = "sum(s.energy_j) DESC, key" if by == "model" else "key DESC"
+        sql = (f"SELECT {key} AS key, count(DISTINCT s.exchange_id), count(*), coalesce(sum(s.eval_count), 0),"
+               " coalesce(sum(s.energy_j), 0), count(s.energy_j), coalesce(sum(s.measured_energy_j), 0),"
+               " count(s.measured_energy_j) FROM stages s JOIN exchanges e ON e.id = s.exchange_id"
+               f" WHERE e.created_at >= ? GROUP BY key ORDER BY {order}")
+        rows = self._transaction(lambda conn: conn.execute(sql, (since or 0.0,)).fetchall(), None)
+        return [EnergyTotal(*row) for row in rows]
 
     def get(self, exchange_id: int) -> StoredExchange | None:
         return self._transaction(lambda conn: _load_exchange(conn, exchange_id), "DEFERRED")
@@ -506,7 +567,8 @@ def _load_exchange(conn: sqlite3.Connection, exchange_id: int) -> StoredExchange
         StageRecord(index=r[0], model=r[1], purpose=r[2], confidence=r[3], text=r[4], done_reason=r[5],
                     error=r[6], interrupted=bool(r[7]), started_at=r[8] or 0.0, ttft_ms=r[9], load_ms=r[10],
                     prompt_eval_count=r[11], eval_count=r[12], eval_ms=r[13], tokens_per_s=r[14],
-                    total_ms=r[15])
+                    total_ms=r[15], energy_j=r[16], energy_basis=r[17], measured_energy_j=r[18],
+                    measured_by=r[19])
         for r in conn.execute(f"SELECT {_STAGE_COLUMNS} FROM stages WHERE exchange_id = ?"
                               " ORDER BY idx, rowid", (exchange_id,))
     ]
@@ -577,4 +639,6 @@ def _stage_row(stage: StageRecord) -> tuple:
         _text(stage.text), _opt_text(stage.done_reason), _opt_text(stage.error), int(bool(stage.interrupted)),
         _float(stage.started_at), _float(stage.ttft_ms), _float(stage.load_ms), _int(stage.prompt_eval_count),
         _int(stage.eval_count), _float(stage.eval_ms), _float(stage.tokens_per_s), _float(stage.total_ms),
+        _float(stage.energy_j), _opt_text(stage.energy_basis), _float(stage.measured_energy_j),
+        _opt_text(stage.measured_by),
     )

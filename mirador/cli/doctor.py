@@ -99,19 +99,14 @@ def _check_server(settings: Any) -> list[Check]:
 
 
 def _check_battery() -> Check:
-    import psutil
+    from mirador.energy.sensors import read_power_state
 
     try:
-        battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
-    except (OSError, RuntimeError) as exc:
-        battery = None
-        reason = str(exc)
-    else:
-        reason = "no battery found (a desktop or server: always on mains power)"
-    if battery is None:
-        # Not a failure: energy-aware selection treats this machine as on mains power.
-        return Check("battery sensor", True, reason)
-    plugged = "on mains power" if battery.power_plugged else "on battery"
-    return Check("battery sensor", True, f"{battery.percent:.0f}% {plugged}")
-
-
+        state = read_power_state()
+    except MiradorError as exc:  # a bad MIRADOR_POWER
+        return Check("battery sensor", False, exc.message, exc.hint)
+    # No battery is not a failure: energy-aware selection treats this machine as on mains power.
+    detail = f"{state.describe()} [{state.source}]"
+    if state.notes:
+        detail += "; " + "; ".join(state.notes)
+    return Check("battery sensor", True, detail)

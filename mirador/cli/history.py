@@ -29,6 +29,9 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--query", metavar="TEXT",
                         help="only exchanges whose prompt or answer holds these words")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--energy", action="store_true",
+                        help="energy totals by model and by day (the last N days): estimated, and measured"
+                             " where a sensor allowed")
     parser.set_defaults(run=run_list)
     actions = parser.add_subparsers(dest="action", metavar="show")
     show = actions.add_parser("show", help="one exchange in full: prompt, every stage, timings, ratings",
@@ -45,6 +48,8 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
 def run_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"-n must be 1 or more, not {args.limit}")
+    if args.energy:
+        return run_energy(args)
     store = _open_store()
     if store is None:
         return _say_empty(args, "No history yet. Ask something first: mirador ask \"…\"")
@@ -113,6 +118,45 @@ def _print_rich_table(summaries: list[Any]) -> None:
                       Text(cells[2], style=_STATUS_STYLE.get(summary.status, "")),
                       *(Text(cell) for cell in cells[3:]))
     Console().print(table)
+
+
+# -- energy --------------------------------------------------------------------------------------
+
+
+def run_energy(args: argparse.Namespace) -> int:
+    store = _open_store()
+    if store is None:
+        return _say_empty(args, "No history yet. Ask something first: mirador ask \"…\"")
+    with store:
+        by_model = store.energy_totals("model")
+        by_day = store.energy_totals("day")[: args.limit]
+    if args.json:
+        for by, rows in (("model", by_model), ("day", by_day)):
+            for row in rows:
+                print(json.dumps({"by": by, **row.to_dict()}, ensure_ascii=False))
+        return 0
+    from mirador.cli.common import print_table
+
+    print_table(["model", "answers", "tokens", "estimated", "J/token", "measured"],
+                [[t.key, str(t.answers), f"{t.tokens:,}", _joules(t.energy_j, t.estimated_stages, t.stages),
+                  f"{t.energy_j / t.tokens:.3f}" if t.tokens and t.estimated_stages else "-",
+                  _joules(t.measured_j, t.measured_stages, t.stages)] for t in by_model],
+                title="energy by model (estimated; measured where a sensor allowed)")
+    print()
+    print_table(["day", "answers", "estimated", "measured"],
+                [[t.key, str(t.answers), _joules(t.energy_j, t.estimated_stages, t.stages),
+                  _joules(t.measured_j, t.measured_stages, t.stages)] for t in by_day],
+                title="energy by day")
+    return 0
+
+
+def _joules(total: float, counted: int, stages: int) -> str:
+    """'1.2 kJ (0.33 Wh)', with how many stages had no figure (answers older than the accounting)."""
+    if not counted:
+        return "-"
+    text = f"{total:.0f} J" if total < 1000 else f"{total / 1000:.1f} kJ"
+    text += f" ({total / 3600:.2g} Wh)"
+    return text + (f", {stages - counted} stages unknown" if counted < stages else "")
 
 
 # -- one exchange --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dna": ("dna", "your preference profile: show, edit, set, diff, reset, crossover, preview"),
     "context": ("context", "show exactly what context later stages would receive"),
     "serve": ("serve", "run the embedded Ollama-compatible server"),
+    "energy": ("energy", "power state, energy profile and what each model costs"),
 }
 
 
