@@ -262,3 +262,24 @@ def test_ten_models_three_stages_is_fast():
     for _ in range(20):
         optimize(slots, balanced, costs)
     assert (time.perf_counter() - start) / 20 < 0.05
+
+
+# -- the planner's door ------------------------------------------------------------------------------
+
+
+def test_fit_chain_maps_steps_to_purposes_and_keeps_one_model_per_step():
+    from mirador.energy.planning import StepCandidates, changes_nothing, fit_chain
+
+    costs = chain_costs()
+    steps = [StepCandidates("extraction", [("llama3.2:1b", 0.55), ("llama3.2:3b", 0.5)]),
+             StepCandidates("analysis", [("llama3.2:3b", 0.75), ("llama3.1:8b", 0.68), ("llama3.2:1b", 0.4)]),
+             StepCandidates("synthesis", [("llama3.1:8b", 0.85), ("llama3.2:3b", 0.64), ("llama3.2:1b", 0.6)])]
+    assert changes_nothing(constraint("performance", costs))
+    survival = fit_chain(steps, CHAIN, constraint("survival", costs))
+    assert survival.models == ("llama3.2:1b",) and survival.stages[0].name == "synthesis"
+    assert survival.stages[0].quality == 0.6  # the last step's figure for it
+    balanced = fit_chain(steps, CHAIN, constraint("balanced", costs),
+                         [ModelFacts("llama3.2:3b", 3.21, "Q8_0", None, "server")])
+    assert len(set(balanced.models)) == len(balanced.models)
+    assert balanced.stages[-1].name == "synthesis" and balanced.joules <= balanced.budget_joules
+    assert costs.facts_for("llama3.2:3b").quantization == "Q8_0"  # the planner's facts reached the costs

@@ -161,6 +161,11 @@ class CostModel:
             source = "config"
         return cls({f.name: f for f in facts or []}, measured, float(active_w), source)
 
+    def add_facts(self, facts: list[ModelFacts]) -> None:
+        """What the caller learnt of the models since (the installed list arrives after the profile)."""
+        self.facts.update({f.name: f for f in facts if f.params_b})
+        self._costs.clear()
+
     def facts_for(self, model: str) -> ModelFacts:
         if model in self.facts:
             return self.facts[model]

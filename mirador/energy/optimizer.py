@@ -34,6 +34,7 @@ class StageSlot:
     prompt_tokens: int = 0  # the query and context this stage reads, before any earlier draft
     weight: float | None = None  # None: PURPOSE_WEIGHTS
     optional: bool = False  # may be left out when saving energy (drafts and acknowledgments)
+    name: str = ""  # the planner's name for the step ("extraction", "synthesis"), carried to the result
 
     def expected_tokens(self) -> int:
         return self.tokens if self.tokens is not None else PURPOSE_TOKENS.get(self.purpose, 400)
@@ -49,6 +50,7 @@ class ChosenStage:
     quality: float
     tokens: int
     joules: float
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def _shape(slots: list[StageSlot], constraint: EnergyConstraint) -> list[StageSl
             for slot in slots:  # later stages' figures win: they describe answering in full
                 merged.update(slot.candidates)
             last = slots[-1]
-            slots = [StageSlot("answer", merged, last.tokens, last.prompt_tokens, 1.0)]
+            slots = [StageSlot("answer", merged, last.tokens, last.prompt_tokens, 1.0, name=last.name)]
         else:
             slots = slots[len(slots) - limit:]
     cap = constraint.max_tokens_per_stage
@@ -277,7 +279,8 @@ def _plan(constraint: EnergyConstraint, slots: list[StageSlot], table: Table, pi
     stages = []
     for slot, options, j in zip(slots, table, picks, strict=True):
         model, _, joules, _ = options[j]
-        stages.append(ChosenStage(slot.purpose, model, slot.candidates[model], slot.expected_tokens(), joules))
+        stages.append(ChosenStage(slot.purpose, model, slot.candidates[model], slot.expected_tokens(), joules,
+                                  slot.name))
     quality, joules = _totals(table, picks)
     return EnergyPlan(constraint.profile, tuple(stages), quality, joules, full_e, full_q, budget, tuple(notes),
                       evaluated)

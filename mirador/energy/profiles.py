@@ -132,11 +132,15 @@ def energy_constraint(profile: str | None = None, settings: Any = None,
     """The entry point for the planner: the constraint of the profile in force, with its cost model.
 
     Cheap: sysfs reads (or MIRADOR_POWER) and energy.json; no psutil on Linux or macOS, no SQLite.
+    The decision is in `constraint.profile` and `constraint.reason`; `facts` may also come later,
+    through `constraint.costs.add_facts`.
     """
     from mirador.energy.costs import CostModel
 
     decision = decide_profile(profile, settings)
-    return constraint_for(decision, settings, CostModel.load(facts, settings))
+    # Performance keeps the planner's plan as it is: no cost model to read.
+    costs = None if decision.profile == "performance" else CostModel.load(facts, settings)
+    return constraint_for(decision, settings, costs)
 
 
 def _setting(settings: Any, name: str, default: float) -> float:
