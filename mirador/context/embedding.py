@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 _WORDS = re.compile(r"[a-z0-9]+")
+# Function words say nothing about what a sentence is about (English only; a fallback after all).
+STOPWORDS = frozenset("a an the and or but if of to in on at by for with from as is are was were be been it its this "
+                      "that i you we they me my your our what which who how why when where do does did can could "
+                      "should would will not no so just about know".split())
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,10 @@ class HashingEmbedder:
         items = [texts] if isinstance(texts, str) else list(texts)
         out = np.zeros((len(items), self.dimension), dtype=np.float32)
         for row, text in enumerate(items):
-            words = _WORDS.findall(text.lower())
-            for feature in words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]:
+            words = [w for w in _WORDS.findall(text.lower()) if w not in STOPWORDS]
+            # Words, their 5-letter stems (allergy ~ allergic) and word pairs.
+            features = words + [f"~{w[:5]}" for w in words if len(w) > 5]
+            for feature in features + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]:
                 out[row, zlib.crc32(feature.encode()) % self.dimension] += 1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)

@@ -16,6 +16,7 @@ from mirador.errors import UsageError
 
 # The purpose whose DNA fragment the compiled context is budgeted for: stages 2..n.
 CONTEXT_PURPOSE = "deep_synthesis"
+VECTOR_CACHE = "context_vectors.db"
 
 
 def dna_fragment(dna: Any) -> str:
@@ -69,12 +70,17 @@ def compile_now(inputs: ContextInputs, settings: Any, *, budget: int, model: str
                 embedder: Any = None, summarise_with: str | None = None,
                 tokenizer_file: Any = None) -> CompiledContext:
     from mirador.context.embedding import default_embedder
+    from mirador.context.vectors import CachedEmbedder
 
-    return compile_context(
-        inputs, budget=budget, counter=counter_for(model, tokenizer_file),
-        embedder=embedder if embedder is not None else default_embedder(),
-        summariser=summariser_for(settings, summarise_with),
-    )
+    if embedder is None:
+        # The history's sentences were embedded on the previous question: reuse their vectors.
+        embedder = CachedEmbedder(default_embedder(), settings.paths.ensure_data_dir() / VECTOR_CACHE)
+    try:
+        return compile_context(inputs, budget=budget, counter=counter_for(model, tokenizer_file),
+                               embedder=embedder, summariser=summariser_for(settings, summarise_with))
+    finally:
+        if isinstance(embedder, CachedEmbedder):
+            embedder.close()
 
 
 def compiler_for_chain(query: str, history: list[dict[str, str]], dna: Any, settings: Any,

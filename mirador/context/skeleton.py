@@ -4,10 +4,11 @@ Extractive on purpose: every point kept is the user's or the model's own words,
 so a planted fact (a port, a name, a deadline) survives verbatim. A point's
 score mixes four signals, each scaled to 0..1 over the conversation:
 
-- relevance: cosine of the point to the query, and to its clauses, since a
-  question that needs two facts is near each of them only in part;
-- lexical: the share of the query's rarer words (IDF-weighted) the point holds,
-  which catches names and identifiers an embedding blurs;
+- relevance: cosine of the point to the query and to each of its clauses,
+  scaled per clause and the best kept, since a question that needs two facts
+  is near each of them only in part;
+- lexical: the share of the query's (or a clause's) rarer words, IDF-weighted
+  and stemmed, that the point holds: it catches names an embedding blurs;
 - centrality: mean cosine to every other point, i.e. what the conversation
   keeps coming back to;
 - recency: halves every RECENCY_HALF_LIFE turns.
@@ -28,7 +29,8 @@ ROLE_WEIGHT = {"user": 1.0, "summary": 0.95, "assistant": 0.75}
 RECENCY_HALF_LIFE = 6.0  # turns
 MAX_POINT_WORDS = 60  # longer sentences are cut into pieces, so one rambling line cannot hog a budget
 MAX_CODE_CHARS = 600
-DUPLICATE_COSINE = 0.95  # a point this close to one already kept adds nothing
+DUPLICATE_COSINE = 0.95
+STEM = 5  # letters a word is cut to for lexical matching  # a point this close to one already kept adds nothing
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])")
 _FENCE = re.compile(r"(```.*?(?:```|$))", re.S)
@@ -97,7 +99,8 @@ def query_clauses(query: str) -> list[str]:
 
 
 def content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 2}
+    """Rarer words, stemmed by truncation (allergy and allergic meet at "aller"): crude, language-free."""
+    return {w[:STEM] for w in _WORD.findall(text.lower()) if w not in STOPWORDS and len(w) > 2}
 
 
 def _scaled(values: Any) -> Any:
@@ -128,13 +131,15 @@ def score_points(points: list[Point], query: str, embedder: Any) -> tuple[list[S
     vectors = np.asarray(embedder.embed([p.text for p in points] + [query] + clauses).vectors, dtype=np.float32)
     mine, asked = vectors[: len(points)], vectors[len(points):]
     similarity = mine @ asked.T  # [points, 1 + clauses]
-    relevance = 0.5 * similarity[:, 0] + 0.5 * similarity.max(axis=1)
+    # Each part of the question gets its own best match: a point that answers one clause fully is
+    # as relevant as one that touches the whole question.
+    relevance = np.max(np.stack([_scaled(similarity[:, c]) for c in range(similarity.shape[1])]), axis=0)
     n = len(points)
     centrality = (mine @ mine.sum(axis=0) - (mine * mine).sum(axis=1)) / max(n - 1, 1)
     last_turn = max(p.turn for p in points)
     recency = np.array([0.5 ** ((last_turn - p.turn) / RECENCY_HALF_LIFE) for p in points])
-    lexical = np.array(_lexical(points, query))
-    parts = {"relevance": _scaled(relevance), "lexical": lexical, "centrality": _scaled(centrality),
+    lexical = np.max(np.array([_lexical(points, part) for part in [query, *clauses]]), axis=0)
+    parts = {"relevance": relevance, "lexical": lexical, "centrality": _scaled(centrality),
              "recency": recency}
     combined = sum(WEIGHTS[name] * values for name, values in parts.items())
     role = np.array([ROLE_WEIGHT[p.role] for p in points])

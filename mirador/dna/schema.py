@@ -13,7 +13,6 @@ Schema history (bump SCHEMA_VERSION and add a migration when a field changes):
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,6 +196,8 @@ def migrate(loaded: LoadedYaml) -> LoadedYaml:
 # -- validation -------------------------------------------------------------------------------
 
 def _unknown(loaded: LoadedYaml, key: tuple[str, ...], known: list[str]) -> ConfigError:
+    import difflib  # only when reporting an error: keeps the `ask` path's imports small
+
     close = difflib.get_close_matches(key[-1], known, n=1)
     hint = (f"did you mean '{close[0]}'? " if close else "") + "known keys: " + ", ".join(known)
     return loaded.error(key, "unknown key", hint=hint)
@@ -241,6 +242,8 @@ def parse_value_text(key: str, text: str) -> Any:
     """A value typed on the command line (`dna set KEY VALUE`), validated for KEY."""
     spec = FIELDS.get(key)
     if spec is None:
+        import difflib
+
         close = difflib.get_close_matches(key, list(FIELDS), n=1)
         raise ConfigError(f"unknown DNA key '{key}'",
                           hint=(f"did you mean '{close[0]}'? " if close else "") + "keys: " + ", ".join(FIELDS))
