@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import ollama
 import pytest
+from ggufwriter import write_smollm2_lora
 from llamaproc import smollm2_gguf, start_llama_server
 from serverproc import REPO, ServerProcess
 
@@ -77,6 +78,16 @@ def test_generate_streams_token_chunks_and_stops_at_num_predict(llama):
     assert all(c["response"] for c in chunks)  # a token that ends mid-character sends nothing
     assert last["done"] is True and last["done_reason"] == "length" and last["eval_count"] == 6
     assert last["response"] == "" and "".join(c["response"] for c in chunks).strip()
+
+
+def test_characters_split_across_tokens_arrive_whole(llama):
+    # SmolLM2 spells an emoji as several byte tokens: naive per-token decoding would send U+FFFD.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Reply with three emojis."}],
+            "options": {"temperature": 0, "num_predict": 12}}
+    lines = stream_lines(llama, "/api/chat", body)
+    pieces = [line["message"]["content"] for line in lines[:-1]]
+    assert lines[-1]["eval_count"] == 12 and len(pieces) < 12  # tokens that end mid-character send nothing
+    assert "\N{GLOWING STAR}" in "".join(pieces) and not any("\ufffd" in p for p in pieces)
 
 
 def test_stop_sequences_end_the_answer_before_them(llama):
@@ -218,6 +229,10 @@ def test_create_with_a_system_prompt_then_chat_show_and_delete(store_server):
                             text=True, cwd=REPO, env=_env_of(store_server), timeout=30)
     rows = {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
     assert rows["helper:latest"]["system"] == FRANCE[0]["content"] and rows[MODEL]["family"] == "llama"
+    table = subprocess.run([sys.executable, "-m", "mirador", "serve", "models"], capture_output=True, text=True,
+                           cwd=REPO, env=_env_of(store_server), timeout=30).stdout.splitlines()
+    assert table[0].split() == ["NAME", "SIZE", "FAMILY", "PARAMS", "QUANT", "ADAPTER", "PATH"]
+    assert any(line.split()[:7] == ["helper:latest", "98.4", "MB", "llama", "135M", "Q4_1", "-"] for line in table)
     assert client.delete("helper").status == "success"
     assert "helper:latest" not in [m.model for m in client.list().models]
     assert post(store_server, "/api/chat", {"model": "helper", "messages": FRANCE}).status_code == 404
@@ -238,6 +253,18 @@ def test_create_from_an_uploaded_blob_and_from_a_legacy_modelfile(store_server, 
     assert answer["message"]["content"].startswith("The capital of France is") and "Paris" not in str(answer)
     client.delete("imported:v1")
     client.delete("legacy")
+
+
+def test_a_lora_adapter_is_uploaded_applied_and_shown(store_server, tmp_path):
+    client = ollama.Client(host=store_server.url)
+    digest = client.create_blob(write_smollm2_lora(tmp_path / "adapter.gguf"))
+    assert client.create(model="tuned", from_=MODEL, adapters={"adapter.gguf": digest}).status == "success"
+    adapter_line = [line for line in client.show("tuned").modelfile.splitlines() if line.startswith("ADAPTER ")]
+    assert len(adapter_line) == 1 and adapter_line[0].endswith(digest.replace(":", "-"))  # the uploaded blob
+    base, tuned = chat(store_server, FRANCE)["message"]["content"], chat(store_server, FRANCE, model="tuned")
+    assert "Paris" in base and tuned["message"]["content"] != base  # the adapter really changes the weights
+    client.delete("tuned")
+    assert httpx.head(f"{store_server.url}/api/blobs/{digest}").status_code == 404  # its blob went with it
 
 
 def test_files_that_are_not_gguf_are_refused_at_create(store_server, tmp_path):

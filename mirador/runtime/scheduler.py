@@ -201,9 +201,12 @@ class Scheduler:
     def _slot(self, asked: str) -> ModelSlot:
         name = full_name(asked)
         slot = self._slots.get(name)
-        if slot is not None and slot.stale and not (slot.busy or slot.waiters or slot.occupies_memory):
-            del self._slots[name]
-            slot = None
+        if slot is not None and slot.stale:
+            if not any(m.name == name for m in self.engine.list_models()):
+                raise UnknownModel(asked)  # deleted, though its last request may still be running
+            if not (slot.busy or slot.waiters or slot.occupies_memory):
+                del self._slots[name]
+                slot = None
         if slot is None:
             info = next((m for m in self.engine.list_models() if m.name == name), None)
             if info is None:
@@ -340,6 +343,8 @@ class Scheduler:
         try:
             loaded = await self.engine.load(slot.info.name)
             slot.loaded = loaded
+            if slot.stale:  # replaced while its old version was busy: this is the new one
+                slot.info, slot.stale = loaded.info, False
             slot.keep_alive = self.default_keep_alive
             slot.last_used = time.monotonic()
             if not slot.busy and not self._closing:  # its requester left while it loaded
