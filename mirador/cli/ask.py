@@ -104,7 +104,8 @@ def run_ask(args: argparse.Namespace) -> int:
             return keep_alive_for(model, settings.keep_alive, pins)
 
     conversation_id, earlier_turns = _conversation(args, settings)
-    stages = stages_for(chosen_models(args, settings.chain))
+    router = _router(args, settings, prompt)
+    stages = [] if router else stages_for(chosen_models(args, settings.chain))  # a router plans in _stream
     dna = None if args.no_dna else _dna(settings)
     request = ChainRequest(
         query=prompt,
@@ -122,7 +123,8 @@ def run_ask(args: argparse.Namespace) -> int:
     recorder = ExchangeRecorder(prompt, system=args.system, options=options, conversation_id=conversation_id)
     interrupted = False
     try:
-        _stream(settings, request, renderer, recorder)
+        _stream(settings, request, renderer, recorder, router,
+                lambda models: _context(prompt, earlier_turns, dna, settings, models))
     except KeyboardInterrupt:
         interrupted = True
     renderer.close(interrupted)
@@ -156,7 +158,17 @@ def _context(prompt: str, history: list[dict[str, str]], dna: Any, settings: Any
     return compiler_for_chain(prompt, history, dna, settings, models)
 
 
-def _stream(settings: Any, request: Any, renderer: Any, recorder: Any) -> None:
+def _router(args: argparse.Namespace, settings: Any, prompt: str) -> Any:
+    """The routing planner picks the chain, unless the user did (-m, --chain, or `chain` in config.yaml)."""
+    if args.model or args.chain or settings.sources.get("chain", "default") != "default":
+        return None
+    from mirador.routing.live import LiveRouter
+
+    return LiveRouter(settings, prompt)
+
+
+def _stream(settings: Any, request: Any, renderer: Any, recorder: Any, router: Any = None,
+            context_for: Any = None) -> None:
     import asyncio
 
     from mirador.runtime.client import OllamaClient
@@ -164,9 +176,20 @@ def _stream(settings: Any, request: Any, renderer: Any, recorder: Any) -> None:
 
     async def main() -> None:
         async with OllamaClient(settings.host, connect_timeout=settings.connect_timeout) as client:
-            async for event in run_chain(client, request):
-                recorder.handle(event)
-                renderer.handle(event)
+            if router is not None:  # the plan needs /api/tags: it is made on this loop, with this client
+                request.stages = await router.first_stages(client)
+                request.context = context_for([s.model for s in request.stages])
+                if hasattr(renderer, "note"):
+                    renderer.note(router.summary())
+            try:
+                async for event in run_chain(client, request):
+                    recorder.handle(event)
+                    renderer.handle(event)
+                    if router is not None:
+                        await router.on_event(event, request.stages)
+            finally:
+                if router is not None:
+                    await router.aclose()
 
     asyncio.run(main())
 

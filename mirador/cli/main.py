@@ -15,6 +15,8 @@ from importlib import import_module
 # command -> (module in mirador.cli, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "ask": ("ask", "ask a question; a chain of models answers in stages"),
+    "route": ("route", "show which models would answer a question, and why, without running them"),
+    "matrix": ("matrix", "the capability matrix routing uses: show, validate, path, edit"),
     "history": ("history", "past questions, answers, timings, ratings"),
     "models": ("models", "models installed on the server and loaded in memory"),
     "preload": ("models", "load models now so the next question starts warm"),

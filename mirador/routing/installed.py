@@ -1,0 +1,135 @@
+"""What the server has installed, matched against the matrix's model families.
+
+/api/tags is fetched once per command (one request even when the quick and
+the refined plan ask at the same time) and every installed tag is matched to
+the matrix entry it satisfies: `phi3:mini` and `phi3:3.8b` both satisfy
+`phi-3`. A model the matrix does not know still takes part: its size comes
+from the server's details or its name, its strengths are inferred
+conservatively from both, and every explanation says they were inferred.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import weakref
+from fnmatch import fnmatchcase
+from typing import Any, NamedTuple
+
+from mirador.routing.schema import CapabilityMatrix, ModelSpec
+
+_LIBRARY_PREFIXES = ("registry.ollama.ai/library/", "library/")
+_EMBEDDING_FAMILIES = {"bert", "nomic-bert", "xlm-roberta", "jina-bert"}
+_EMBEDDING_NAMES = re.compile(r"embed|minilm|\bbge\b|bge-|e5-|gte-|arctic-embed")
+# A tag's size in its name: llama3.1:8b, qwen2.5:0.5b-instruct, smollm2:135m, mixtral:8x7b.
+_SIZE_IN_NAME = re.compile(r"(?:^|[:\-_])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z])")
+
+
+class InstalledModel(NamedTuple):
+    name: str  # exactly as the server lists it: what requests must use
+    spec: ModelSpec | None  # the matrix entry it satisfies, if any
+    params_b: float | None
+    context: int | None
+    strengths: frozenset[str]
+    kind: str  # "chat" or "embedding"
+    size: int | None  # bytes on disk, from /api/tags
+
+    @property
+    def inferred(self) -> bool:
+        return self.spec is None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.spec is None else f"{self.name} ({self.spec.id})"
+
+
+def normalize(name: str) -> str:
+    name = name.strip().lower()
+    for prefix in _LIBRARY_PREFIXES:
+        name = name.removeprefix(prefix)
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def spec_for(matrix: CapabilityMatrix, name: str) -> ModelSpec | None:
+    """The matrix entry an installed tag satisfies: an exact tag beats a wildcard one."""
+    wanted = normalize(name)
+    for exact in (True, False):
+        for spec in matrix.models.values():
+            for tag in spec.tags:
+                pattern = normalize(tag)
+                if ("*" in pattern) == exact:
+                    continue
+                if pattern == wanted or (not exact and fnmatchcase(wanted, pattern)):
+                    return spec
+    return None
+
+
+def installed_models(matrix: CapabilityMatrix, tags: list[dict[str, Any]]) -> list[InstalledModel]:
+    """Every installed model, known or inferred, in the server's order."""
+    out: list[InstalledModel] = []
+    seen: set[str] = set()
+    for entry in tags:
+        name = str(entry.get("name") or entry.get("model") or "").strip()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        size = entry.get("size") if isinstance(entry.get("size"), int) else None
+        spec = spec_for(matrix, name)
+        if spec is not None:
+            out.append(InstalledModel(name, spec, spec.params_b, spec.context, spec.strengths, spec.kind, size))
+        else:
+            out.append(_inferred(name, entry.get("details") or {}, size))
+    return out
+
+
+def _inferred(name: str, details: dict[str, Any], size: int | None) -> InstalledModel:
+    lower = name.lower()
+    families = {str(details.get("family") or "").lower(), *map(str.lower, details.get("families") or [])}
+    if _EMBEDDING_NAMES.search(lower) or families & _EMBEDDING_FAMILIES:
+        return InstalledModel(name, None, parse_params(details.get("parameter_size"), lower), None,
+                              frozenset({"embedding"}), "embedding", size)
+    params = parse_params(details.get("parameter_size"), lower)
+    strengths = {"general"}
+    if params is not None and params <= 4 or params is None and size is not None and size < 3_000_000_000:
+        strengths.add("fast")
+    if params is not None and params >= 3:
+        strengths |= {"summarization", "writing", "instruction_following"}
+    if params is not None and params >= 7:
+        strengths |= {"analysis", "reasoning", "creative", "research"}
+    if re.search(r"cod(e|er|ing)|starcoder|devstral", lower):
+        strengths.add("coding")
+    if "math" in lower:
+        strengths.add("math")
+    if re.search(r"(^|[-_:])r1\b|reason|qwq|think", lower):
+        strengths |= {"reasoning", "math"}
+    return InstalledModel(name, None, params, None, frozenset(strengths), "chat", size)
+
+
+def parse_params(parameter_size: Any, name: str = "") -> float | None:
+    """Billions of parameters from "8.0B" / "135M", else from the tag ("llama3.1:8b")."""
+    if isinstance(parameter_size, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BMK])\s*", parameter_size.upper())
+        if match:
+            value = float(match.group(1))
+            return {"B": value, "M": value / 1000, "K": value / 1e6}[match.group(2)]
+    tag = name.rsplit(":", 1)[-1] if ":" in name else name
+    match = _SIZE_IN_NAME.search(tag) or _SIZE_IN_NAME.search(name)
+    if match:
+        experts = int(match.group(1)) if match.group(1) else 1
+        value = float(match.group(2)) * experts
+        return value if match.group(3) == "b" else value / 1000
+    return None
+
+
+# -- one /api/tags per command ------------------------------------------------------------------
+
+_fetches: weakref.WeakKeyDictionary[Any, asyncio.Task[list[dict[str, Any]]]] = weakref.WeakKeyDictionary()
+
+
+async def fetch_tags(client: Any) -> list[dict[str, Any]]:
+    """The client's /api/tags, fetched once for the life of the client (one command)."""
+    task = _fetches.get(client)
+    if task is None:
+        task = asyncio.ensure_future(client.tags())
+        _fetches[client] = task
+    return list(await asyncio.shield(task))

@@ -1,0 +1,168 @@
+"""Routing inside `mirador ask`: stage 1 from the fast path at once, stages 2..n refined in parallel.
+
+DESIGN.md, "How a question flows": the first stage never waits for anything
+slow. The quick plan needs the matrix (compiled cache, ~1 ms), the fast
+classifier (well under 1 ms) and /api/tags (one local round trip). When the
+fast path is unsure, the query's embedding is computed while stage 1 streams,
+and stages 2..n are re-planned from it before stage 2 starts; the number of
+stages never changes mid-stream, so the stage counter the user sees stays true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from mirador.errors import MiradorError
+from mirador.routing.classify import QueryAnalysis, classify_fast
+from mirador.routing.installed import fetch_tags, installed_models
+from mirador.routing.planner import Plan, PlanConstraints, plan
+from mirador.routing.schema import CapabilityMatrix
+
+# Above this fast-path confidence the refined path is not worth an embedding.
+REFINE_BELOW = 0.85
+# Once stage 1 is done, how long stage 2 may wait for the refined plan before going with the quick one.
+REFINE_WAIT_S = 1.5
+
+
+def to_stages(matrix: CapabilityMatrix, routed: Plan, purposes: list[str] | None = None) -> list[Any]:
+    """The plan as the chain executor's stages; purposes follow position, as for --chain."""
+    from mirador.stream.chain import QUICK_ACK_MAX_TOKENS, chain_purposes
+    from mirador.stream.events import Stage
+
+    steps = {step.name: step for step in matrix.domains[routed.domain].chain}
+    purposes = purposes or chain_purposes(len(routed.choices))
+    stages = []
+    for choice, purpose in zip(routed.choices, purposes, strict=True):
+        limit = steps[choice.step].max_tokens
+        if limit is None and purpose == "quick_ack":
+            limit = QUICK_ACK_MAX_TOKENS
+        stages.append(Stage(choice.model, purpose, choice.confidence, limit))
+    return stages
+
+
+def embedder_for(settings: Any, client: Any) -> Any | None:
+    """The embedder the memory module is configured with; None when embeddings are off or unavailable."""
+    values = getattr(settings, "values", {}) or {}
+    provider = str(values.get("embeddings") or values.get("embedding_provider") or "local").lower()
+    if provider in ("none", "off", "false", "no"):
+        return None
+    try:
+        from mirador.memory.embed import get_embedder
+    except ImportError:
+        return None
+    try:
+        if provider.startswith("ollama"):
+            return get_embedder(provider, values.get("embedding_model"), client=client)
+        return get_embedder(provider)
+    except MiradorError:
+        return None
+
+
+class LiveRouter:
+    def __init__(self, settings: Any, query: str, constraints: PlanConstraints | None = None):
+        self.settings = settings
+        self.query = query
+        self.constraints = constraints or PlanConstraints()
+        self.matrix: CapabilityMatrix | None = None
+        self.quick: Plan | None = None
+        self.refined: Plan | None = None
+        self._embedder: Any = None
+        self._task: asyncio.Task[Plan | None] | None = None
+
+    async def first_stages(self, client: Any) -> list[Any]:
+        from mirador.routing.matrix import load_matrix
+
+        self.matrix = load_matrix(self.settings.paths)
+        analysis = classify_fast(self.query, self.matrix)
+        installed = installed_models(self.matrix, await fetch_tags(client))
+        self.quick = plan(analysis, self.matrix, installed, self.constraints)
+        if len(self.quick.choices) > 1 and self._worth_refining(analysis):
+            self._embedder = embedder_for(self.settings, client)
+        return to_stages(self.matrix, self.quick)
+
+    @staticmethod
+    def _worth_refining(analysis: QueryAnalysis) -> bool:
+        return analysis.fell_back or analysis.confidence < REFINE_BELOW
+
+    async def _refine(self, embedder: Any) -> Plan | None:
+        if self.matrix is None or self.quick is None:
+            return None
+        try:
+            # Imports and weights load in a thread: on the loop they would stall stage 1's stream.
+            await asyncio.to_thread(_warm, embedder)
+            from mirador.routing.classify_embed import classify_refined
+
+            analysis = await classify_refined(self.query, self.matrix, embedder, self.settings.paths)
+        except (MiradorError, ImportError, OSError, ValueError):
+            return None  # the quick plan stands; routing must never cost the answer
+        if analysis.domain == self.quick.domain:
+            return None
+        first = self.quick.choices[0].model
+        reserved = self.constraints.reserved | {first}
+        try:
+            return plan(analysis, self.matrix, self.quick.installed, self.constraints._replace(reserved=reserved),
+                        skip_first_step=True)
+        except MiradorError:
+            return None
+
+    async def on_event(self, event: Any, stages: list[Any]) -> None:
+        """Call after each event of the chain: refines stages 2..n while stage 1 streams.
+
+        The refinement starts at stage 1's first token, not before: importing numpy
+        and running the embedder in a thread beside the first request would take
+        the interpreter from the code waiting for that token.
+        """
+        from mirador.stream.events import StageFailed, StageFinished, TokenEvent
+
+        if self._embedder is None or getattr(event, "stage", None) != 1:
+            return
+        if self._task is None and isinstance(event, (TokenEvent, StageFinished, StageFailed)):
+            self._task = asyncio.create_task(self._refine(self._embedder))
+        if not isinstance(event, (StageFinished, StageFailed)):
+            return
+        task, self._embedder = self._task, None
+        if task is None:
+            return
+        try:
+            refined = await asyncio.wait_for(asyncio.shield(task), REFINE_WAIT_S)
+        except TimeoutError:
+            task.cancel()
+            return
+        if refined is None or not refined.choices or self.matrix is None:
+            return
+        self.refined = refined
+        need = len(stages) - 1
+        choices = refined.choices
+        if len(choices) >= need:
+            choices = choices[len(choices) - need:]  # keep the analysis and synthesis steps
+        kept = stages[1:1 + need - len(choices)]  # a shorter refined chain keeps the quick plan's middle
+        purposes = [s.purpose for s in stages[1 + len(kept):]]
+        stages[1 + len(kept):] = to_stages(self.matrix, refined._replace(choices=choices), purposes)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+
+    def summary(self) -> str:
+        """One line for the terminal: where the question went and how to see why."""
+        if self.quick is None:
+            return ""
+        models = " → ".join(c.model for c in self.quick.choices)
+        a = self.quick.analysis
+        label = f"{a.domain} ({a.confidence:.2f})" if not a.fell_back else f"{a.domain} (unsure)"
+        return f"routed as {label}: {models} · `mirador route --explain` says why"
+
+
+def _warm(embedder: Any) -> None:
+    import numpy  # noqa: F401
+
+    import mirador.routing.classify_embed  # noqa: F401
+
+    load = getattr(embedder, "load", None)
+    if callable(load):
+        load()
