@@ -243,3 +243,24 @@ def test_stage_one_never_waits_for_the_compiler(server_factory):
     assert "COMPILED CONTEXT" in final["messages"][0]["content"] and "RAW TURN" not in json.dumps(final)
     asyncio.run(run(failing_compile))  # a failed compile costs nothing but the distillation
     assert "RAW TURN" in json.dumps(chat_bodies(server)[-1]["messages"])
+
+
+def test_the_context_command_shows_exactly_what_stage_two_receives(server_factory, tmp_path):
+    server = server_factory(MODELS)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(
+        "chain: [fast:1b, echo:1b]\nconstraints: [Answer in metric units.]\ncontext_budget: 120\n")
+    assert run_mirador(["dna", "set", "tone", "formal"], tmp_path).returncode == 0
+    _ask(tmp_path, server, "-m", "notes:1b", "Remember my setup please.")
+    for i in range(4):
+        _ask(tmp_path, server, "-c", "-m", "fast:1b", f"Unrelated question {i} about gardening and tomatoes?")
+    query = "Which port is the staging database on?"
+    shown = json.loads(run_mirador(["context", "--json", query], tmp_path).stdout)
+    assert shown["tokens"] <= 120
+    _ask(tmp_path, server, "-c", query)
+    final = chat_bodies(server)[-1]
+    expected = "\n\n".join(p["text"] for p in shown["parts"] if p["name"] != "dna")
+    system = final["messages"][0]["content"]
+    assert system.endswith(expected)
+    dna_part = next(p["text"] for p in shown["parts"] if p["name"] == "dna")
+    assert dna_part in system and "Use a formal tone." in dna_part
