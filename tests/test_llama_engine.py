@@ -113,6 +113,15 @@ def test_a_prompt_longer_than_the_context_is_truncated_keeping_its_head(llama):
     assert 200 <= answer["prompt_eval_count"] <= 256 - 4
 
 
+def test_a_chat_longer_than_the_context_loses_its_oldest_turns_first(llama):
+    filler = "Tell me everything about the history of shipbuilding in great detail, please. " * 8
+    turns = [{"role": role, "content": filler} for _ in range(6) for role in ("user", "assistant")]
+    short = chat(llama, FRANCE)
+    long = chat(llama, [FRANCE[0], *turns, FRANCE[1]], num_ctx=128)
+    # Every old turn is gone; the system message and the question stay: the very same prompt.
+    assert long["prompt_eval_count"] == short["prompt_eval_count"] and long["message"] == short["message"]
+
+
 def test_embed_returns_unit_vectors_of_the_models_width(llama):
     body = post(llama, "/api/embed", {"model": MODEL, "input": ["the cat sat", "the cat sat", "stock markets"]})
     assert body.status_code == 200, body.text
@@ -223,8 +232,11 @@ def test_create_with_a_system_prompt_then_chat_show_and_delete(store_server):
     bare = chat(store_server, FRANCE[1:])
     assert "Paris" in answer["message"]["content"]
     assert answer["prompt_eval_count"] == explicit["prompt_eval_count"] != bare["prompt_eval_count"]
+    assert client.copy("helper", "helper-copy:v2").status == "success"
     tags = {m.model: m for m in client.list().models}
     assert tags["helper:latest"].digest != tags[MODEL].digest
+    assert tags["helper-copy:v2"].digest == tags["helper:latest"].digest  # the same layers, as in Ollama
+    client.delete("helper-copy:v2")
     listed = subprocess.run([sys.executable, "-m", "mirador", "serve", "models", "--json"], capture_output=True,
                             text=True, cwd=REPO, env=_env_of(store_server), timeout=30)
     rows = {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}

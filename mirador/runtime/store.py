@@ -133,9 +133,14 @@ class ModelStore:
         """Read the manifest and register the built-in model; safe to call again."""
         with self._lock:
             self._read()
-            if self._builtin is not None and BUILTIN_NAME not in self._models and BUILTIN_NAME not in self._removed:
-                self._add_builtin()
-            self._write()
+            current = self._models.get(BUILTIN_NAME)
+            wanted = str(self._builtin) if self._builtin is not None else None
+            if wanted and BUILTIN_NAME not in self._removed and (current is None or current.gguf != wanted):
+                if current is None:
+                    self._add_builtin()
+                else:
+                    current.gguf = wanted  # the package moved (a new virtual environment)
+                self._write()
         return self
 
     def _read(self) -> None:
