@@ -218,20 +218,25 @@ def store_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     assert server.stop() == 0, server.stderr()
 
 
+GEOGRAPHER = "You are a helpful assistant who answers geography questions in one sentence."
+
+
 def test_create_with_a_system_prompt_then_chat_show_and_delete(store_server):
     client = ollama.Client(host=store_server.url)
-    statuses = [s.status for s in client.create(model="helper", from_=MODEL, system=FRANCE[0]["content"],
+    statuses = [s.status for s in client.create(model="helper", from_=MODEL, system=GEOGRAPHER,
                                                  parameters={"temperature": 0, "num_predict": 16}, stream=True)]
     assert statuses[-1] == "success" and "writing manifest" in statuses
     shown = post(store_server, "/api/show", {"model": "helper"}).json()
-    assert shown["system"] == FRANCE[0]["content"] and 'SYSTEM """You are a helpful assistant."""' in shown["modelfile"]
+    assert shown["system"] == GEOGRAPHER and f'SYSTEM """{GEOGRAPHER}"""' in shown["modelfile"]
     assert "temperature" in shown["parameters"] and shown["details"]["parent_model"] == f"{MODEL}"
+    # The built-in model carries the system prompt its model card recommends.
+    assert post(store_server, "/api/show", {"model": MODEL}).json()["system"] == FRANCE[0]["content"]
     # The system prompt is applied: the same prompt as the base model given it explicitly.
     answer = chat(store_server, FRANCE[1:], model="helper")
-    explicit = chat(store_server, FRANCE)
-    bare = chat(store_server, FRANCE[1:])
+    explicit = chat(store_server, [{"role": "system", "content": GEOGRAPHER}, FRANCE[1]])
+    base_default = chat(store_server, FRANCE[1:])
     assert "Paris" in answer["message"]["content"]
-    assert answer["prompt_eval_count"] == explicit["prompt_eval_count"] != bare["prompt_eval_count"]
+    assert answer["prompt_eval_count"] == explicit["prompt_eval_count"] != base_default["prompt_eval_count"]
     assert client.copy("helper", "helper-copy:v2").status == "success"
     tags = {m.model: m for m in client.list().models}
     assert tags["helper:latest"].digest != tags[MODEL].digest
@@ -240,7 +245,7 @@ def test_create_with_a_system_prompt_then_chat_show_and_delete(store_server):
     listed = subprocess.run([sys.executable, "-m", "mirador", "serve", "models", "--json"], capture_output=True,
                             text=True, cwd=REPO, env=_env_of(store_server), timeout=30)
     rows = {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
-    assert rows["helper:latest"]["system"] == FRANCE[0]["content"] and rows[MODEL]["family"] == "llama"
+    assert rows["helper:latest"]["system"] == GEOGRAPHER and rows[MODEL]["family"] == "llama"
     table = subprocess.run([sys.executable, "-m", "mirador", "serve", "models"], capture_output=True, text=True,
                            cwd=REPO, env=_env_of(store_server), timeout=30).stdout.splitlines()
     assert table[0].split() == ["NAME", "SIZE", "FAMILY", "PARAMS", "QUANT", "ADAPTER", "PATH"]

@@ -87,7 +87,7 @@ def test_derived_models_share_the_base_file_and_differ_in_digest(tmp_path):
     base = store.info(store.require(BUILTIN_NAME))
     assert parent == BUILTIN_NAME and model.gguf == str(smollm2_gguf()) and info.name == "brief:latest"
     assert info.digest != base.digest and info.system == "Be brief." and info.parent_model == BUILTIN_NAME
-    assert model.parameters == {"temperature": 0.2, "stop": ["A:", "B:"]}
+    assert model.parameters == {"temperature": 0.2, "top_p": 0.9, "stop": ["A:", "B:"]}  # top_p inherited
     manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
     assert set(manifest["models"]) == {BUILTIN_NAME, "brief:latest"}
     assert list(tmp_path.joinpath("models").glob("blobs/*")) == []  # nothing was copied

