@@ -33,6 +33,8 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final", action="store_true", help="print only the last stage's answer")
     parser.add_argument("--no-log", action="store_true", help="do not record this exchange in history")
     parser.add_argument("--no-dna", action="store_true", help="do not apply your DNA (mirador dna show) this once")
+    parser.add_argument("--profile", choices=("auto", "survival", "balanced", "performance"),
+                        help="energy profile for the planner's choice (default: the setting, else the power state)")
     parser.set_defaults(run=run_ask)
 
 
@@ -120,6 +122,9 @@ def run_ask(args: argparse.Namespace) -> int:
     renderer = _renderer(args)
     from mirador.stream.record import ExchangeRecorder
 
+    logging = settings.log_history and not args.no_log
+    meter = _energy_meter() if logging else None
+
     recorder = ExchangeRecorder(prompt, system=args.system, options=options, conversation_id=conversation_id)
     interrupted = False
     try:
@@ -129,7 +134,10 @@ def run_ask(args: argparse.Namespace) -> int:
         interrupted = True
     renderer.close(interrupted)
     record = recorder.finish(interrupted)
-    if settings.log_history and not args.no_log:
+    if logging:
+        from mirador.energy.accounting import account
+
+        account(record, settings, meter)  # each stage's estimated (and measured) joules, for history
         _save(record, renderer)
     return EXIT_INTERRUPTED if interrupted else recorder.exit_code
 
@@ -161,10 +169,22 @@ def _context(prompt: str, history: list[dict[str, str]], dna: Any, settings: Any
 def _router(args: argparse.Namespace, settings: Any, prompt: str) -> Any:
     """The routing planner picks the chain, unless the user did (-m, --chain, or `chain` in config.yaml)."""
     if args.model or args.chain or settings.sources.get("chain", "default") != "default":
+        if args.profile:
+            raise UsageError("--profile guides the planner's choice; -m, --chain or the `chain` setting made it",
+                             hint="drop --profile, or let the planner choose (no -m/--chain)")
         return None
+    from mirador.energy.profiles import energy_constraint
     from mirador.routing.live import LiveRouter
+    from mirador.routing.planner import PlanConstraints
 
-    return LiveRouter(settings, prompt)
+    return LiveRouter(settings, prompt, PlanConstraints(energy=energy_constraint(args.profile, settings)))
+
+
+def _energy_meter() -> Any:
+    """Package energy (RAPL) or battery draw over the answer, where readable: a few small file reads."""
+    from mirador.energy.accounting import EnergyMeter
+
+    return EnergyMeter.start()
 
 
 def _stream(settings: Any, request: Any, renderer: Any, recorder: Any, router: Any = None,

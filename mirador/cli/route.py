@@ -18,6 +18,8 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="the whole plan as one JSON object")
     parser.add_argument("--fast", action="store_true",
                         help="keywords and patterns only, no embedding (what decides stage 1 of `ask`)")
+    parser.add_argument("--profile", choices=("auto", "survival", "balanced", "performance"),
+                        help="plan under this energy profile (default: the setting, else the power state)")
     parser.add_argument("--installed", metavar="MODELS",
                         help="plan over these comma-separated models instead of asking the server")
     parser.set_defaults(run=run_route)
@@ -35,7 +37,7 @@ def run_route(args: argparse.Namespace) -> int:
         installed = [m.strip() for m in args.installed.split(",") if m.strip()]
         if not installed:
             raise UsageError("--installed names no model", hint="--installed llama3.2:1b,phi3:mini")
-    routed, fast, timings = _route(settings, prompt, installed, refine=not args.fast)
+    routed, fast, timings = _route(settings, prompt, installed, refine=not args.fast, profile=args.profile)
     report = plan_dict(routed, fast, timings)
     if args.json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
@@ -46,17 +48,21 @@ def run_route(args: argparse.Namespace) -> int:
     return 0
 
 
-def _route(settings: Any, prompt: str, installed_names: list[str] | None, refine: bool
+def _route(settings: Any, prompt: str, installed_names: list[str] | None, refine: bool, profile: str | None = None
            ) -> tuple[Any, Any, dict[str, float]]:
     import asyncio
 
+    from mirador.energy.profiles import energy_constraint
     from mirador.routing.classify import classify_fast
     from mirador.routing.installed import fetch_tags, installed_models
     from mirador.routing.live import embedder_for
     from mirador.routing.matrix import load_matrix
-    from mirador.routing.planner import plan
+    from mirador.routing.planner import PlanConstraints, plan
 
     timings: dict[str, float] = {}
+    started = time.perf_counter()
+    constraints = PlanConstraints(energy=energy_constraint(profile, settings))
+    timings["energy"] = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
     matrix = load_matrix(settings.paths)
     timings["matrix"] = (time.perf_counter() - started) * 1000
@@ -76,7 +82,7 @@ def _route(settings: Any, prompt: str, installed_names: list[str] | None, refine
         if embedder is not None:
             analysis = await _refined(prompt, matrix, embedder, settings, fast, timings)
         installed = installed_models(matrix, tags)
-        return analysis, plan(analysis, matrix, installed)
+        return analysis, plan(analysis, matrix, installed, constraints)
 
     if installed_names is not None and not refine:
         analysis, routed = asyncio.run(_offline(work))

@@ -64,6 +64,7 @@ class EnergyPlan:
     budget_joules: float | None = None
     notes: tuple[str, ...] = ()
     evaluated: int = 0  # complete plans scored: what pruning left of the product of candidates
+    max_tokens: int | None = None  # the profile's cap on every stage's answer (survival: short answers)
     models: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -91,7 +92,7 @@ def optimize(slots: list[StageSlot], constraint: EnergyConstraint, costs: CostMo
     costs = costs or constraint.costs or CostModel()
     notes: list[str] = []
     if not slots:
-        return EnergyPlan(constraint.profile, (), 0.0, 0.0, 0.0, 0.0, None, (), 0)
+        return EnergyPlan(constraint.profile, (), 0.0, 0.0, 0.0, 0.0, None, (), 0, constraint.max_tokens_per_stage)
     # The full-power plan, as the planner shaped it: the reference the budget and floor are shares of.
     full_table = _score_table(slots, costs)
     full = _best_quality(full_table) if reference is None else _reference(full_table, reference)
@@ -100,7 +101,8 @@ def optimize(slots: list[StageSlot], constraint: EnergyConstraint, costs: CostMo
         return _plan(constraint, slots, full_table, full, full_q, full_e, None, notes, 1)
     slots = _eligible(_shape(slots, constraint), constraint, costs, notes)
     if not slots:
-        return EnergyPlan(constraint.profile, (), 0.0, 0.0, full_e, full_q, None, tuple(notes), 0)
+        return EnergyPlan(constraint.profile, (), 0.0, 0.0, full_e, full_q, None, tuple(notes), 0,
+                          constraint.max_tokens_per_stage)
     if constraint.objective == "quality":
         table = _score_table(slots, costs)
         return _plan(constraint, slots, table, _best_quality(table), full_q, full_e, None, notes, 1)
@@ -283,4 +285,4 @@ def _plan(constraint: EnergyConstraint, slots: list[StageSlot], table: Table, pi
                                   slot.name))
     quality, joules = _totals(table, picks)
     return EnergyPlan(constraint.profile, tuple(stages), quality, joules, full_e, full_q, budget, tuple(notes),
-                      evaluated)
+                      evaluated, constraint.max_tokens_per_stage)

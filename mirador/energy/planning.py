@@ -10,6 +10,7 @@ full-power reference the balanced budget is a share of.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from mirador.energy.models import ModelFacts
@@ -38,7 +39,14 @@ def fit_chain(steps: list[StepCandidates], reference: list[str], constraint: Ene
     last = len(steps) - 1
     slots = [StageSlot(_purpose(i, len(steps)), {model: q for model, q in reversed(s.options)}, s.max_tokens,
                        optional=i < last, name=s.step) for i, s in enumerate(steps)]
-    return optimize(slots, constraint, costs, reference, distinct=True)
+    fitted = optimize(slots, constraint, costs, reference, distinct=True)
+    # A stage merged from several steps (survival's one answer) is credited to the last step that offered
+    # its model: the planner explains a choice by the step it came from.
+    offered = {step.step: {model for model, _ in step.options} for step in steps}
+    stages = tuple(stage if stage.model in offered.get(stage.name, ()) else dataclasses.replace(
+        stage, name=next(s.step for s in reversed(steps) if stage.model in offered[s.step]))
+        for stage in fitted.stages)
+    return dataclasses.replace(fitted, stages=stages)
 
 
 def _purpose(position: int, count: int) -> str:
@@ -46,3 +54,25 @@ def _purpose(position: int, count: int) -> str:
     if count == 1:
         return "answer"
     return "quick_ack" if position == 0 else "deep_synthesis" if position == count - 1 else "core_analysis"
+
+
+def why_changed(constraint: EnergyConstraint, full_model: str, new_model: str | None) -> str:
+    """Why the profile moved a step off the planner's full-power pick, in the planner's words."""
+    if new_model is None:
+        return f"left out by the {constraint.profile} profile to save energy"
+    costs = constraint.costs
+    size = costs.facts_for(full_model).params_b if costs is not None else None
+    if constraint.max_params_b is not None and (size is None or size > constraint.max_params_b):
+        over = f"{size:g}B, " if size else ""
+        return f"{full_model} ({over}over the {constraint.profile} profile's {constraint.max_params_b:g}B limit)"
+    return f"{new_model} gives more quality per joule under the {constraint.profile} profile"
+
+
+def summary(constraint: EnergyConstraint, fitted: EnergyPlan | None) -> str:
+    """The one line `mirador route --explain` and `ask` show about energy."""
+    head = f"energy: {constraint.profile} profile ({constraint.reason})"
+    if fitted is None:
+        return f"{head}: the full chain"
+    stages = len(fitted.stages)
+    return (f"{head}: {stages} stage{'s' if stages != 1 else ''}, about {fitted.joules:.0f} J instead of "
+            f"{fitted.full_power_joules:.0f} J for the full chain; {constraint.describe()}")

@@ -54,4 +54,9 @@ def plan_dict(routed: Plan, fast: QueryAnalysis | None = None, timings: dict[str
             for m in routed.installed
         ],
         "timings_ms": {k: round(v, 3) for k, v in (timings or {}).items()},
+        "energy": None if routed.energy is None else {  # set when an energy profile reshaped the chain
+            "profile": routed.energy.profile, "joules": round(routed.energy.joules, 1),
+            "full_power_joules": round(routed.energy.full_power_joules, 1),
+            "budget_joules": routed.energy.budget_joules and round(routed.energy.budget_joules, 1),
+            "max_tokens": routed.energy.max_tokens},
     }

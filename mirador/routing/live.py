@@ -34,10 +34,13 @@ def to_stages(matrix: CapabilityMatrix, routed: Plan, purposes: list[str] | None
     steps = {step.name: step for step in matrix.domains[routed.domain].chain}
     purposes = purposes or chain_purposes(len(routed.choices))
     stages = []
+    cap = routed.energy.max_tokens if routed.energy is not None else None  # survival: short answers
     for choice, purpose in zip(routed.choices, purposes, strict=True):
         limit = steps[choice.step].max_tokens
         if limit is None and purpose == "quick_ack":
             limit = QUICK_ACK_MAX_TOKENS
+        if cap is not None:
+            limit = min(limit or cap, cap)
         stages.append(Stage(choice.model, purpose, choice.confidence, limit))
     return stages
 
@@ -155,7 +158,8 @@ class LiveRouter:
         models = " → ".join(c.model for c in self.quick.choices)
         a = self.quick.analysis
         label = f"{a.domain} ({a.confidence:.2f})" if not a.fell_back else f"{a.domain} (unsure)"
-        return f"routed as {label}: {models} · `mirador route --explain` says why"
+        energy = f" · {self.quick.energy.profile} profile" if self.quick.energy is not None else ""
+        return f"routed as {label}: {models}{energy} · `mirador route --explain` says why"
 
 
 def _warm(embedder: Any) -> None:

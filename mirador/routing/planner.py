@@ -10,14 +10,16 @@ lists what to `ollama pull`.
 
 Outside knowledge comes in through `PlanConstraints` only (a power budget
 from the energy module, quality learned from ratings by the memory module),
-so those plug in without touching this file.
+so those plug in without touching this file. An energy profile
+(`PlanConstraints.energy`) sees every step's ranked candidates: the greedy
+choice is its full-power reference, and mirador.energy picks among them.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mirador.errors import MiradorError
 from mirador.routing.classify import QueryAnalysis
@@ -38,6 +40,7 @@ class PlanConstraints(NamedTuple):
     quality: Callable[[str, str], float | None] | None = None  # memory: (domain, model) → learned score 0..1
     excluded: frozenset[str] = frozenset()  # never use these installed names
     reserved: frozenset[str] = frozenset()  # already answering elsewhere (stage 1 of a refined plan)
+    energy: Any = None  # energy: the profile's EnergyConstraint (mirador.energy.profiles.energy_constraint)
 
 
 class Choice(NamedTuple):
@@ -64,6 +67,7 @@ class Plan(NamedTuple):
     notes: list[str]
     installed: list[InstalledModel]
     elapsed_ms: float
+    energy: Any = None  # mirador.energy's EnergyPlan when an energy profile reshaped the chain
 
 
 class NoModelFits(MiradorError):
@@ -97,10 +101,12 @@ def plan(analysis: QueryAnalysis, matrix: CapabilityMatrix, installed: Sequence[
     used_by: dict[str, str] = {name: "an earlier stage" for name in constraints.reserved}
     choices: list[Choice] = []
     fallbacks: list[Fallback] = []
+    ranked: list[tuple[StepSpec, list[_Candidate]]] = []
     for number, step in enumerate(steps, 1):
         candidates = _rank(_candidates(step, matrix, by_spec, chat), analysis, constraints, notes, step)
         if number == len(steps) and len(choices) <= 1:
             candidates += _general(chat, candidates, choices)
+        ranked.append((step, candidates))
         pick = _first_usable(candidates, used, constraints, notes, step)
         best = matrix.models[step.best]
         if pick is None:
@@ -113,8 +119,40 @@ def plan(analysis: QueryAnalysis, matrix: CapabilityMatrix, installed: Sequence[
             fallbacks.append(Fallback(step.name, step.best, pick.model.name, _fallback_why(best, by_spec, used_by)))
     if not choices:
         _nothing_fits(steps, chat, matrix, analysis)
+    energy = None
+    if constraints.energy is not None:
+        choices, fallbacks, energy = _fit_energy(ranked, choices, fallbacks, notes, chat, constraints)
     return Plan(analysis.domain, analysis, choices, fallbacks, notes, list(installed),
-                (time.perf_counter() - started) * 1000)
+                (time.perf_counter() - started) * 1000, energy)
+
+
+def _fit_energy(ranked: list[tuple[StepSpec, list[_Candidate]]], choices: list[Choice], fallbacks: list[Fallback],
+                notes: list[str], chat: list[InstalledModel], constraints: PlanConstraints
+                ) -> tuple[list[Choice], list[Fallback], Any]:
+    """The energy profile's pick among every step's candidates (mirador.energy.planning)."""
+    from mirador.energy.models import ModelFacts
+    from mirador.energy.planning import StepCandidates, changes_nothing, fit_chain, summary, why_changed
+
+    profile = constraints.energy
+    if changes_nothing(profile):
+        notes.append(summary(profile, None))
+        return choices, fallbacks, None
+    skip = constraints.excluded | constraints.reserved
+    options = [(step, {c.model.name: c for c in cands if c.model.name not in skip}) for step, cands in ranked]
+    options = [(step, cands) for step, cands in options if cands]
+    full = {c.step: c.model for c in choices}
+    facts = [ModelFacts(m.name, m.params_b, m.spec.quantization if m.spec else None, m.size, "matrix") for m in chat]
+    fitted = fit_chain([StepCandidates(step.name, [(name, _choice(step, c).confidence) for name, c in cands.items()],
+                                       step.max_tokens) for step, cands in options],
+                       [full.get(step.name, "") for step, _ in options], profile, facts)
+    steps = {step.name: (step, cands) for step, cands in options}
+    fitted_choices = [_choice(steps[s.name][0], steps[s.name][1][s.model]) for s in fitted.stages]
+    kept = {c.step: c.model for c in fitted_choices}
+    fallbacks = [f for f in fallbacks if kept.get(f.step) == full.get(f.step)]
+    fallbacks += [Fallback(c.step, c.model, kept.get(c.step), why_changed(profile, c.model, kept.get(c.step)))
+                  for c in choices if kept.get(c.step) != c.model]
+    notes.extend([*fitted.notes, summary(profile, fitted)])
+    return fitted_choices or choices, fallbacks, fitted
 
 
 def _candidates(step: StepSpec, matrix: CapabilityMatrix, by_spec: dict[str, list[InstalledModel]],
