@@ -235,7 +235,8 @@ def test_the_compiled_cache_is_used_and_refreshed_when_a_file_changes(mirador_ho
     cache = cache_path()
     assert cache.exists() and stat.S_IMODE(cache.stat().st_mode) == 0o600
     stored = json.loads(cache.read_text())
-    assert stored["digest"] == first.digest
+    assert stored["matrix"]["routing"][2] == first.digest
+    assert load_matrix() == first  # rebuilt from the cache, identical
     write_overlay(mirador_home, "routing:\n  min_confidence: 0.2\n")
     assert load_matrix().min_confidence == 0.2  # new stamp: re-read, re-validated
     write_overlay(mirador_home, "routing:\n  min_confidence: 7\n")

@@ -22,9 +22,11 @@ from mirador.routing.schema import CapabilityMatrix, DomainSpec
 # Scan at most this much of the material: keywords deep inside a 100,000-character paste say little.
 HEAD_CHARS, TAIL_CHARS = 6000, 2000
 MATERIAL_WEIGHT, MATERIAL_CAP = 0.25, 1.5
+STRONG_WEIGHT = 3.0  # a strong keyword ("summarize", "translate") outweighs three topic words
 SHARPNESS = 2.0  # softmax sharpness over scores: one keyword is a hint, three are a verdict
 FALLBACK_PRIOR = 0.8  # the fallback domain's head start: no signal at all means "everyday question"
 
+_PUNCTUATION = ".,!?;:()[]{}\"'“”«»"
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?", re.UNICODE)
 
 # The rest compile on first use, and only for messages that could match them:
@@ -118,14 +120,16 @@ class _Index:
         self.phrases: list[tuple[str, str, float, str]] = []
         self.patterns: list[tuple[str, re.Pattern[str], str]] = []
         for domain in matrix.domains.values():
-            for keyword in domain.keywords:
-                weight = 2.0 if " " in keyword else 1.0
-                if keyword.endswith("*") and re.fullmatch(r"[\w'-]+\*", keyword):
-                    self.prefixes.append((keyword[:-1], domain.name, weight, keyword))
-                elif re.fullmatch(r"[^\W_]+(?:['’-][^\W_]+)*", keyword):
-                    self.words.setdefault(keyword, []).append((domain.name, weight, keyword))
-                else:  # a phrase, or a token with symbols (c++, p/e, tl;dr): a padded substring
+            weights = {k: 2.0 if " " in k else 1.0 for k in domain.keywords}
+            weights.update((k, STRONG_WEIGHT) for k in domain.strong_keywords)  # listed in both: strong wins
+            for keyword, weight in weights.items():
+                plain = keyword.rstrip("*").replace("'", "").replace("’", "").replace("-", "")
+                if not plain.isalnum():  # a phrase, or a token with symbols (c++, p/e, tl;dr): a substring
                     self.phrases.append((keyword.rstrip("*"), domain.name, weight, keyword))
+                elif keyword.endswith("*"):
+                    self.prefixes.append((keyword[:-1], domain.name, weight, keyword))
+                else:
+                    self.words.setdefault(keyword, []).append((domain.name, weight, keyword))
             for pattern in domain.patterns:
                 try:
                     self.patterns.append((domain.name, re.compile(pattern, re.IGNORECASE | re.MULTILINE), pattern))
@@ -137,9 +141,11 @@ class _Index:
         if not text.strip():
             return
         lower = text.lower()
-        tokens = set(_WORD.findall(lower))
-        tokens |= {t.strip(".,!?;:()[]{}\"'“”") for t in lower.split()}
-        padded = " " + " ".join(lower.split()) + " "
+        words = _WORD.findall(lower)
+        spaced = [t.strip(_PUNCTUATION) for t in lower.split()]
+        tokens = set(words) | set(spaced)
+        # Phrases match whole words, whether the text splits them at hyphens or not.
+        padded = f" {' '.join(words)} {' '.join(spaced)} "
         hits: dict[str, float] = {}
         seen: set[tuple[str, str]] = set()
 

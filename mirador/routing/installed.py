@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import re
 import weakref
-from fnmatch import fnmatchcase
+from functools import cache
 from typing import Any, NamedTuple
 
 from mirador.routing.schema import CapabilityMatrix, ModelSpec
 
 _LIBRARY_PREFIXES = ("registry.ollama.ai/library/", "library/")
 _EMBEDDING_FAMILIES = {"bert", "nomic-bert", "xlm-roberta", "jina-bert"}
-_EMBEDDING_NAMES = re.compile(r"embed|minilm|\bbge\b|bge-|e5-|gte-|arctic-embed")
+_EMBEDDING_NAMES = r"embed|minilm|\bbge\b|bge-|e5-|gte-|arctic-embed"
 # A tag's size in its name: llama3.1:8b, qwen2.5:0.5b-instruct, smollm2:135m, mixtral:8x7b.
-_SIZE_IN_NAME = re.compile(r"(?:^|[:\-_])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z])")
+_SIZE_IN_NAME = r"(?:^|[:\-_])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z])"
 
 
 class InstalledModel(NamedTuple):
@@ -50,18 +50,43 @@ def normalize(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+def glob_match(name: str, pattern: str) -> bool:
+    """`*` matches any run of characters; nothing else is special (Ollama names have no ? or [)."""
+    parts = pattern.split("*")
+    if len(parts) == 1:
+        return name == pattern
+    if not (name.startswith(parts[0]) and name.endswith(parts[-1])) or len(name) < len(parts[0]) + len(parts[-1]):
+        return False
+    position = len(parts[0])
+    for middle in parts[1:-1]:
+        found = name.find(middle, position, len(name) - len(parts[-1]))
+        if found < 0:
+            return False
+        position = found + len(middle)
+    return True
+
+
 def spec_for(matrix: CapabilityMatrix, name: str) -> ModelSpec | None:
-    """The matrix entry an installed tag satisfies: an exact tag beats a wildcard one."""
+    """The matrix entry an installed tag satisfies: an exact tag beats a wildcard one.
+
+    Plain string matching, not fnmatch: fnmatch compiles a regex per pattern, and
+    the matrix has seventy of them on the way to the first token.
+    """
     wanted = normalize(name)
     for exact in (True, False):
         for spec in matrix.models.values():
             for tag in spec.tags:
-                pattern = normalize(tag)
+                pattern = _normalized_tag(tag)
                 if ("*" in pattern) == exact:
                     continue
-                if pattern == wanted or (not exact and fnmatchcase(wanted, pattern)):
+                if pattern == wanted or (not exact and glob_match(wanted, pattern)):
                     return spec
     return None
+
+
+@cache
+def _normalized_tag(tag: str) -> str:
+    return normalize(tag)
 
 
 def installed_models(matrix: CapabilityMatrix, tags: list[dict[str, Any]]) -> list[InstalledModel]:
@@ -85,7 +110,7 @@ def installed_models(matrix: CapabilityMatrix, tags: list[dict[str, Any]]) -> li
 def _inferred(name: str, details: dict[str, Any], size: int | None) -> InstalledModel:
     lower = name.lower()
     families = {str(details.get("family") or "").lower(), *map(str.lower, details.get("families") or [])}
-    if _EMBEDDING_NAMES.search(lower) or families & _EMBEDDING_FAMILIES:
+    if re.search(_EMBEDDING_NAMES, lower) or families & _EMBEDDING_FAMILIES:
         return InstalledModel(name, None, parse_params(details.get("parameter_size"), lower), None,
                               frozenset({"embedding"}), "embedding", size)
     params = parse_params(details.get("parameter_size"), lower)
@@ -113,7 +138,7 @@ def parse_params(parameter_size: Any, name: str = "") -> float | None:
             value = float(match.group(1))
             return {"B": value, "M": value / 1000, "K": value / 1e6}[match.group(2)]
     tag = name.rsplit(":", 1)[-1] if ":" in name else name
-    match = _SIZE_IN_NAME.search(tag) or _SIZE_IN_NAME.search(name)
+    match = re.search(_SIZE_IN_NAME, tag) or re.search(_SIZE_IN_NAME, name)
     if match:
         experts = int(match.group(1)) if match.group(1) else 1
         value = float(match.group(2)) * experts

@@ -19,11 +19,12 @@ from typing import Any
 
 from mirador.config import Paths, paths
 from mirador.errors import ConfigError
+from mirador.routing import schema
 from mirador.routing.schema import CapabilityMatrix, KeyPath, build_matrix
 
 FILE_NAME = "capability_matrix.yaml"
 DEFAULT_MATRIX = Path(__file__).with_name(FILE_NAME)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def default_matrix_path() -> Path:
@@ -130,7 +131,8 @@ def load_matrix(p: Paths | None = None, *, use_cache: bool = True) -> Capability
     """The matrix in effect: default + user overlay, validated; from the compiled cache when fresh."""
     p = p or paths()
     user = user_matrix_path(p)
-    key = [CACHE_FORMAT, _stamp(default_matrix_path()), _stamp(user)]
+    # The validating code is part of the key: a Mirador that checks more re-reads the files.
+    key = [CACHE_FORMAT, _stamp(default_matrix_path()), _stamp(user), _stamp(Path(schema.__file__))]
     cache = cache_path(p)
     if use_cache:
         cached = _read_cache(cache, key)
@@ -140,29 +142,19 @@ def load_matrix(p: Paths | None = None, *, use_cache: bool = True) -> Capability
     digest = _digest(overlay.data)
     matrix = build_matrix(overlay.data, overlay.locate, digest)
     if use_cache:
-        _write_cache(cache, {"key": key, "digest": digest, "data": overlay.data})
+        _write_cache(cache, {"key": key, "matrix": schema.to_compact(matrix)})
     return matrix
 
 
-class _StaleCache(Exception):
-    pass
-
-
 def _read_cache(cache: Path, key: list[Any]) -> CapabilityMatrix | None:
+    """The validated matrix from the last load, if both files are unchanged since (no re-validation)."""
     try:
         stored = json.loads(cache.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("data"), dict):
-        return None
-
-    def stale(path: KeyPath, problem: str, hint: str | None = None) -> ConfigError:
-        raise _StaleCache  # this Mirador checks something the cached copy did not pass: re-read the files
-
-    try:
-        return build_matrix(stored["data"], stale, str(stored.get("digest", "")), check_patterns=False)
-    except (_StaleCache, KeyError, TypeError, ValueError, AttributeError):
-        return None
+        if not isinstance(stored, dict) or stored.get("key") != key:
+            return None
+        return schema.from_compact(stored["matrix"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None  # absent, corrupt or from another version: read the files
 
 
 def _write_cache(cache: Path, payload: dict[str, Any]) -> None:

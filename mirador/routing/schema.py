@@ -22,7 +22,7 @@ Locate = Callable[[KeyPath, str, "str | None"], ConfigError]
 MODEL_KINDS = ("chat", "embedding")
 _MODEL_KEYS = {"params_b", "context", "quantization", "strengths", "tags", "alternatives", "kind"}
 _STEP_KEYS = {"step", "needs", "best", "reason", "confidence", "alternatives", "max_tokens", "cues"}
-_DOMAIN_KEYS = {"description", "keywords", "patterns", "examples", "chain"}
+_DOMAIN_KEYS = {"description", "keywords", "strong_keywords", "patterns", "examples", "chain"}
 _TOP_KEYS = {"version", "routing", "strengths", "models", "domains"}
 _ROUTING_KEYS = {"min_confidence", "fallback_domain"}
 
@@ -61,6 +61,7 @@ class DomainSpec(NamedTuple):
     description: str
     keywords: tuple[str, ...]
     patterns: tuple[str, ...]
+    strong_keywords: tuple[str, ...]  # words that alone all but settle the domain ("summarize")
     examples: tuple[str, ...]
     chain: tuple[StepSpec, ...]
 
@@ -176,9 +177,9 @@ def _domain(name: str, spec: Any, models: dict[str, ModelSpec], strengths: set[s
     for i, step_name in enumerate(names):
         if step_name in names[:i]:
             raise locate(path + ("chain", str(i), "step"), f"step '{step_name}' appears twice in the chain", None)
-    return DomainSpec(name, description.strip(), tuple(k.lower() for k in
-                      _strings(spec.get("keywords", []), path + ("keywords",), locate)),
-                      tuple(patterns), tuple(examples), chain)
+    keywords = tuple(k.lower() for k in _strings(spec.get("keywords", []), path + ("keywords",), locate))
+    strong = tuple(k.lower() for k in _strings(spec.get("strong_keywords", []), path + ("strong_keywords",), locate))
+    return DomainSpec(name, description.strip(), keywords, tuple(patterns), strong, tuple(examples), chain)
 
 
 def _step(path: KeyPath, spec: Any, models: dict[str, ModelSpec], strengths: set[str], locate: Locate) -> StepSpec:
@@ -315,3 +316,32 @@ def _close(word: str, options: Any, n: int) -> list[str]:
     import difflib  # only on the way to an error message
 
     return difflib.get_close_matches(word, list(options), n=n)
+
+
+# -- the compiled form, for the cache -------------------------------------------------------------
+
+
+def to_compact(matrix: CapabilityMatrix) -> dict[str, Any]:
+    """A validated matrix as JSON-ready lists, rebuilt by `from_compact` without re-validation."""
+    return {
+        "strengths": matrix.strengths,
+        "models": [[m.id, m.params_b, m.context, m.quantization, sorted(m.strengths), list(m.tags),
+                    list(m.alternatives), m.kind] for m in matrix.models.values()],
+        "domains": [[d.name, d.description, list(d.keywords), list(d.patterns), list(d.strong_keywords),
+                     list(d.examples), [[s.name, list(s.needs), s.best, s.reason, s.confidence, list(s.alternatives),
+                                         s.max_tokens, list(s.cues)] for s in d.chain]]
+                    for d in matrix.domains.values()],
+        "routing": [matrix.min_confidence, matrix.fallback_domain, matrix.digest],
+    }
+
+
+def from_compact(data: dict[str, Any]) -> CapabilityMatrix:
+    models = {m[0]: ModelSpec(m[0], m[1], m[2], m[3], frozenset(m[4]), tuple(m[5]), tuple(m[6]), m[7])
+              for m in data["models"]}
+    domains = {
+        d[0]: DomainSpec(d[0], d[1], tuple(d[2]), tuple(d[3]), tuple(d[4]), tuple(d[5]), tuple(
+            StepSpec(s[0], tuple(s[1]), s[2], s[3], s[4], tuple(s[5]), s[6], tuple(s[7])) for s in d[6]))
+        for d in data["domains"]
+    }
+    min_confidence, fallback, digest = data["routing"]
+    return CapabilityMatrix(dict(data["strengths"]), models, domains, min_confidence, fallback, digest)

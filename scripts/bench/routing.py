@@ -12,7 +12,7 @@
    embedding of the same query (local MiniLM, warm; and /api/embed on the
    scripted server), in the same run.
 
-Run: .venv/bin/python scripts/bench/routing.py [--runs 20] [--skip-ttft]
+Run: .venv/bin/python scripts/bench/routing.py [--runs 20] [--skip-ttft] [--skip-accuracy]
 """
 
 from __future__ import annotations
@@ -104,17 +104,19 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--skip-ttft", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
     ok = True
     with tempfile.TemporaryDirectory() as home:
-        fast, refined, pure, n = accuracy(home)
-        print_table(f"classifier accuracy on {n} labeled queries ({LABELED.relative_to(ROOT)})", [
-            ("classifier", "accuracy", "target"),
-            ("fast path (keywords, patterns, shape)", f"{fast:.1%}", ">= 70%"),
-            ("offline embedding (MiniLM + fast evidence)", f"{refined:.1%}", ">= 85%"),
-            ("embedding similarity alone (reference)", f"{pure:.1%}", "-"),
-        ])
-        ok &= fast >= 0.70 and refined >= 0.85
+        if not args.skip_accuracy:
+            fast, refined, pure, n = accuracy(home)
+            print_table(f"classifier accuracy on {n} labeled queries ({LABELED.relative_to(ROOT)})", [
+                ("classifier", "accuracy", "target"),
+                ("fast path (keywords, patterns, shape)", f"{fast:.1%}", ">= 70%"),
+                ("offline embedding (MiniLM + fast evidence)", f"{refined:.1%}", ">= 85%"),
+                ("embedding similarity alone (reference)", f"{pure:.1%}", "-"),
+            ])
+            ok &= fast >= 0.70 and refined >= 0.85
         if args.skip_ttft:
             return 0 if ok else 1
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed Mirador has its bytecode
