@@ -11,7 +11,7 @@ import pytest
 
 from mirador.energy.costs import CostModel, Measurements, default_joules_per_token
 from mirador.energy.models import ModelFacts, params_from_name, parse_parameter_size, prior_quality
-from mirador.energy.optimizer import PURPOSE_WEIGHTS, StageSlot, optimize, slots_for_chain
+from mirador.energy.optimizer import StageSlot, optimize, plan_quality, slots_for_chain
 from mirador.energy.profiles import ProfileDecision, constraint_for, decide_profile
 from mirador.energy.sensors import PowerState
 from mirador.errors import UsageError
@@ -173,7 +173,7 @@ def test_budget_fraction_comes_from_settings():
     costs = chain_costs()
     slots = slots_for_chain(CHAIN, PURPOSES, costs)
     tight = constraint("balanced", costs, settings(energy_balanced_budget=0.15))
-    plan = optimize(slots, tight, costs, reference=CHAIN)
+    plan = optimize(slots, tight, costs, reference=CHAIN, distinct=True)
     assert plan.budget_joules == pytest.approx(0.15 * plan.full_power_joules)
     assert plan.joules <= plan.budget_joules and plan.models == ("llama3.2:1b",)
     assert plan.notes and "quality" in plan.notes[0]  # the floor could not be kept: said so
@@ -211,14 +211,13 @@ def brute_force(slots: list[StageSlot], costs: CostModel, budget: float | None, 
             kept = [s for i, s in enumerate(slots) if i not in left_out]
             if len(kept) == 1 and len(slots) > 1:
                 kept = [kept[0].replace(purpose="answer")]
-            weights = [s.weight if s.weight is not None else PURPOSE_WEIGHTS[s.purpose] for s in kept]
             for models in itertools.product(*(list(s.candidates) for s in kept)):
                 if distinct and len(set(models)) < len(models):
                     continue
                 rates = [costs.cost(m).joules_per_token for m in models]
                 if any(b < a * (1 - 1e-9) for a, b in itertools.pairwise(rates)):
                     continue
-                q = sum(w * s.candidates[m] for w, s, m in zip(weights, kept, models, strict=True)) / sum(weights)
+                q = plan_quality([s.candidates[m] for s, m in zip(kept, models, strict=True)])
                 e, earlier = 0.0, 0
                 for s, m in zip(kept, models, strict=True):
                     e += costs.joules(m, s.expected_tokens(), s.prompt_tokens + earlier)

@@ -1,8 +1,10 @@
 """Choose a model for every stage: the best estimated quality per estimated joule within a budget.
 
-A plan's quality is the weighted mean of its stages' qualities (the final stage
-weighs most); its energy is the sum over stages of tokens × J/token, where a
-stage's prompt holds the query and every earlier draft. The search is exact:
+A plan's quality is its final stage's, raised a little by every draft before it:
+1 − (1 − q_final) × Π(1 − DRAFT_HELP × q_draft), so a stage never lowers the
+estimate and a weak acknowledgment adds little. Its energy is the sum over
+stages of tokens × J/token, where a stage's prompt holds the query and every
+earlier draft. The search is exact:
 depth-first over stages, candidates cheapest first, cut by three bounds (the
 energy budget, the quality floor, and the best ratio any completion could still
 reach), so 10 models × 3 stages settles in well under a millisecond. Along a
@@ -19,8 +21,9 @@ from mirador.energy.costs import CostModel
 from mirador.energy.models import prior_quality
 from mirador.energy.profiles import EnergyConstraint
 
-# How much of an answer's quality each stage carries: the final text is what the user keeps.
-PURPOSE_WEIGHTS = {"quick_ack": 0.15, "core_analysis": 0.35, "deep_synthesis": 0.5, "answer": 1.0}
+# The share of the final model's misses a draft catches, in proportion to the draft's own quality: the
+# final stage reads the drafts and fixes their mistakes, but a draft cannot do the final model's work.
+DRAFT_HELP = 0.15
 PURPOSE_TOKENS = {"quick_ack": 96, "core_analysis": 400, "deep_synthesis": 450, "answer": 450}
 
 
@@ -32,7 +35,6 @@ class StageSlot:
     candidates: dict[str, float]  # model -> estimated quality (0..1) of that model at this stage
     tokens: int | None = None  # expected answer tokens; None: the purpose's usual length
     prompt_tokens: int = 0  # the query and context this stage reads, before any earlier draft
-    weight: float | None = None  # None: PURPOSE_WEIGHTS
     optional: bool = False  # may be left out when saving energy (drafts and acknowledgments)
     name: str = ""  # the planner's name for the step ("extraction", "synthesis"), carried to the result
 
@@ -136,7 +138,7 @@ def _shape(slots: list[StageSlot], constraint: EnergyConstraint) -> list[StageSl
             for slot in slots:  # later stages' figures win: they describe answering in full
                 merged.update(slot.candidates)
             last = slots[-1]
-            slots = [StageSlot("answer", merged, last.tokens, last.prompt_tokens, 1.0, name=last.name)]
+            slots = [StageSlot("answer", merged, last.tokens, last.prompt_tokens, name=last.name)]
         else:
             slots = slots[len(slots) - limit:]
     cap = constraint.max_tokens_per_stage
@@ -168,20 +170,28 @@ def _eligible(slots: list[StageSlot], constraint: EnergyConstraint, costs: CostM
     return [last.replace(purpose=purpose, candidates={smallest: everything[smallest]}, optional=False)]
 
 
-# table[i] = [(model, weighted quality, joules, joules per token)] for slot i, cheapest first.
+# table[i] = [(model, quality, joules, joules per token)] for slot i, cheapest first.
 Table = list[list[tuple[str, float, float, float]]]
 
 
+def plan_quality(qualities: list[float]) -> float:
+    """The estimated quality of a chain's answer from its stages' qualities, in chain order."""
+    if not qualities:
+        return 0.0
+    miss = 1.0 - qualities[-1]
+    for draft in qualities[:-1]:
+        miss *= 1.0 - DRAFT_HELP * draft
+    return 1.0 - miss
+
+
 def _score_table(slots: list[StageSlot], costs: CostModel) -> Table:
-    weights = [s.weight if s.weight is not None else PURPOSE_WEIGHTS.get(s.purpose, 0.5) for s in slots]
-    total = sum(weights) or 1.0
     table: Table = []
     earlier_tokens = 0
-    for slot, weight in zip(slots, weights, strict=True):
+    for slot in slots:
         tokens = slot.expected_tokens()
         prompt = slot.prompt_tokens + earlier_tokens  # each stage reads the drafts before it
-        options = [(model, weight / total * quality, costs.joules(model, tokens, prompt),
-                    costs.cost(model).joules_per_token) for model, quality in slot.candidates.items()]
+        options = [(model, quality, costs.joules(model, tokens, prompt), costs.cost(model).joules_per_token)
+                   for model, quality in slot.candidates.items()]
         table.append(sorted(options, key=lambda o: (o[2], -o[1], o[0])))
         earlier_tokens += tokens
     return table
@@ -203,7 +213,8 @@ def _reference(table: Table, reference: list[str]) -> list[int]:
 
 
 def _totals(table: Table, picks: list[int]) -> tuple[float, float]:
-    return (sum(table[i][j][1] for i, j in enumerate(picks)), sum(table[i][j][2] for i, j in enumerate(picks)))
+    return (plan_quality([table[i][j][1] for i, j in enumerate(picks)]),
+            sum(table[i][j][2] for i, j in enumerate(picks)))
 
 
 def _search_shapes(slots: list[StageSlot], costs: CostModel, budget: float | None, floor: float | None, *,
@@ -233,11 +244,14 @@ def _search(table: Table, budget: float | None, floor: float | None, *, ratio: b
     """Branch and bound: the best plan by quality/joule (ratio) or by quality, within budget and floor,
     that scores above `beat`."""
     n = len(table)
-    # What the slots after i can add at best: the most quality, the least energy.
-    max_q_after = [0.0] * (n + 1)
+    # What the slots after i can do at best: the least miss left (quality is monotone in every
+    # stage's quality, so the best options bound it), and the least energy.
+    best_q = [max(o[1] for o in options) for options in table]
+    min_miss_after = [1.0] * (n + 1)
     min_e_after = [0.0] * (n + 1)
     for i in range(n - 1, -1, -1):
-        max_q_after[i] = max_q_after[i + 1] + max(o[1] for o in table[i])
+        factor = 1.0 - best_q[i] if i == n - 1 else 1.0 - DRAFT_HELP * best_q[i]
+        min_miss_after[i] = min_miss_after[i + 1] * factor
         min_e_after[i] = min_e_after[i + 1] + table[i][0][2]
     best: list[int] | None = None
     best_score = beat
@@ -246,10 +260,11 @@ def _search(table: Table, budget: float | None, floor: float | None, *, ratio: b
     evaluated = 0
     eps = 1e-9
 
-    def visit(i: int, q: float, e: float, rate: float) -> None:
+    def visit(i: int, miss: float, e: float, rate: float) -> None:
         nonlocal best, best_score, evaluated
         if i == n:
             evaluated += 1
+            q = 1.0 - miss
             score = q / e if ratio else q - e * eps  # equal quality: the cheaper plan
             if score > best_score:
                 best, best_score = list(picks), score
@@ -262,17 +277,18 @@ def _search(table: Table, budget: float | None, floor: float | None, *, ratio: b
             e_low = e + oe + min_e_after[i + 1]
             if budget is not None and e_low > budget * (1 + eps):
                 break  # cheapest first: every later option costs more
-            q_high = q + oq + max_q_after[i + 1]
+            step_miss = miss * (1.0 - oq if i == n - 1 else 1.0 - DRAFT_HELP * oq)
+            q_high = 1.0 - step_miss * min_miss_after[i + 1]
             if floor is not None and q_high < floor * (1 - eps):
                 continue
             if (q_high / e_low if ratio and e_low > 0 else q_high) <= best_score:
                 continue
             picks[i] = j
             taken.add(model)
-            visit(i + 1, q + oq, e + oe, orate)
+            visit(i + 1, step_miss, e + oe, orate)
             taken.discard(model)
 
-    visit(0, 0.0, 0.0, 0.0)
+    visit(0, 1.0, 0.0, 0.0)
     return best, best_score, evaluated
 
 

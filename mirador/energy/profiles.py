@@ -135,12 +135,12 @@ def energy_constraint(profile: str | None = None, settings: Any = None,
     The decision is in `constraint.profile` and `constraint.reason`; `facts` may also come later,
     through `constraint.costs.add_facts`.
     """
+    decision = decide_profile(profile, settings)
+    if decision.profile == "performance":  # the planner's plan stands: no cost model to import or read
+        return constraint_for(decision, settings, None)
     from mirador.energy.costs import CostModel
 
-    decision = decide_profile(profile, settings)
-    # Performance keeps the planner's plan as it is: no cost model to read.
-    costs = None if decision.profile == "performance" else CostModel.load(facts, settings)
-    return constraint_for(decision, settings, costs)
+    return constraint_for(decision, settings, CostModel.load(facts, settings))
 
 
 def _setting(settings: Any, name: str, default: float) -> float:
