@@ -139,6 +139,7 @@ def run_ask(args: argparse.Namespace) -> int:
 
         account(record, settings, meter)  # each stage's estimated (and measured) joules, for history
         _save(record, renderer)
+        _observe(settings)
     return EXIT_INTERRUPTED if interrupted else recorder.exit_code
 
 
@@ -159,11 +160,19 @@ def _shaper(dna: Any) -> Any:
 
 def _context(prompt: str, history: list[dict[str, str]], dna: Any, settings: Any, models: list[str]) -> Any:
     """The compile step for stages 2..n (None when there is nothing to compile); it runs beside stage 1."""
-    if len(models) < 2 or not (history or settings.constraints):
+    if len(models) < 2 or not (history or settings.constraints or _memory_has_examples(settings)):
         return None  # nothing to compile: keep even the import of the compiler off the path
     from mirador.context.service import compiler_for_chain
 
     return compiler_for_chain(prompt, history, dna, settings, models)
+
+
+def _memory_has_examples(settings: Any) -> bool:
+    if not settings.memory_enabled:
+        return False
+    from mirador.memory.learner import has_well_rated
+
+    return has_well_rated(settings.paths)
 
 
 def _router(args: argparse.Namespace, settings: Any, prompt: str) -> Any:
@@ -173,11 +182,24 @@ def _router(args: argparse.Namespace, settings: Any, prompt: str) -> Any:
             raise UsageError("--profile guides the planner's choice; -m, --chain or the `chain` setting made it",
                              hint="drop --profile, or let the planner choose (no -m/--chain)")
         return None
-    from mirador.energy.profiles import energy_constraint
     from mirador.routing.live import LiveRouter
-    from mirador.routing.planner import PlanConstraints
 
-    return LiveRouter(settings, prompt, PlanConstraints(energy=energy_constraint(args.profile, settings)))
+    def constraints() -> Any:  # called by the router while /api/tags is on its way
+        from mirador.energy.profiles import energy_constraint
+        from mirador.routing.planner import PlanConstraints
+
+        return PlanConstraints(energy=energy_constraint(args.profile, settings), quality=_learned(settings))
+
+    return LiveRouter(settings, prompt, constraints)
+
+
+def _learned(settings: Any) -> Any:
+    """Quality learned from ratings (mirador rate): one small JSON read, no ChromaDB, no embedding."""
+    if not settings.memory_enabled:
+        return None
+    from mirador.memory.learner import quality_for_plan
+
+    return quality_for_plan(settings.paths)
 
 
 def _energy_meter() -> Any:
@@ -263,3 +285,17 @@ def _save(record: Any, renderer: Any) -> None:
         return
     if hasattr(renderer, "note"):
         renderer.note(f"saved as #{exchange_id} · mirador history show {exchange_id}")
+
+
+def _observe(settings: Any) -> None:
+    """Memory observes the answer in a detached process (chromadb's import alone takes about a
+    second): this one exits at once. Before the store exists (no rating yet), `mirador rate`
+    observes every earlier answer when it creates it."""
+    if not settings.memory_enabled:
+        return
+    from mirador.memory.patterns import exists
+
+    if exists(settings):
+        from mirador.memory.observe import spawn_background_sync
+
+        spawn_background_sync(settings)

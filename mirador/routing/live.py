@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from mirador.errors import MiradorError
-from mirador.routing.classify import QueryAnalysis, classify_fast
-from mirador.routing.installed import fetch_tags, installed_models
-from mirador.routing.planner import Plan, PlanConstraints, plan
-from mirador.routing.schema import CapabilityMatrix
+
+if TYPE_CHECKING:  # imported for real in first_stages, while /api/tags is on its way
+    from mirador.routing.classify import QueryAnalysis
+    from mirador.routing.planner import Plan, PlanConstraints
+    from mirador.routing.schema import CapabilityMatrix
 
 # Above this fast-path confidence the refined path is not worth an embedding.
 REFINE_BELOW = 0.85
@@ -64,33 +66,58 @@ def embedder_for(settings: Any, client: Any) -> Any | None:
 
 
 class LiveRouter:
-    def __init__(self, settings: Any, query: str, constraints: PlanConstraints | None = None):
+    def __init__(self, settings: Any, query: str,
+                 constraints: PlanConstraints | Callable[[], PlanConstraints] | None = None):
+        """`constraints` may be a function: it then runs while /api/tags is on its way (it may read sensors)."""
         self.settings = settings
         self.query = query
-        self.constraints = constraints or PlanConstraints()
+        self._constraints = constraints
+        self.constraints: PlanConstraints | None = None
         self.matrix: CapabilityMatrix | None = None
         self.quick: Plan | None = None
         self.refined: Plan | None = None
-        self._embedder: Any = None
+        self._refine_with: Any = None  # the client, while a refinement is wanted and not yet started
         self._task: asyncio.Task[Plan | None] | None = None
 
     async def first_stages(self, client: Any) -> list[Any]:
-        from mirador.routing.matrix import load_matrix
+        from mirador.routing.installed import fetch_tags, installed_models
 
-        self.matrix = load_matrix(self.settings.paths)
-        analysis = classify_fast(self.query, self.matrix)
-        installed = installed_models(self.matrix, await fetch_tags(client))
-        self.quick = plan(analysis, self.matrix, installed, self.constraints)
-        if len(self.quick.choices) > 1 and self._worth_refining(analysis):
-            self._embedder = embedder_for(self.settings, client)
+        # The first request of the command waits on connection set-up and the server; the
+        # imports, the matrix, the classification and the constraints happen in that wait.
+        tags = asyncio.ensure_future(fetch_tags(client))
+        try:
+            await asyncio.sleep(0)
+            from mirador.routing.classify import classify_fast
+            from mirador.routing.matrix import load_matrix
+            from mirador.routing.planner import PlanConstraints, plan
+
+            self.matrix = load_matrix(self.settings.paths)
+            await asyncio.sleep(0)
+            analysis = classify_fast(self.query, self.matrix)
+            await asyncio.sleep(0)
+            given = self._constraints() if callable(self._constraints) else self._constraints
+            self.constraints = given or PlanConstraints()
+            fetched = await tags
+        except BaseException:
+            tags.cancel()
+            with contextlib.suppress(BaseException):
+                await tags
+            raise
+        self.quick = plan(analysis, self.matrix, installed_models(self.matrix, fetched), self.constraints)
+        self._refine_with = client if len(self.quick.choices) > 1 and self._worth_refining(analysis) else None
         return to_stages(self.matrix, self.quick)
 
     @staticmethod
     def _worth_refining(analysis: QueryAnalysis) -> bool:
         return analysis.fell_back or analysis.confidence < REFINE_BELOW
 
-    async def _refine(self, embedder: Any) -> Plan | None:
-        if self.matrix is None or self.quick is None:
+    async def _refine(self, client: Any) -> Plan | None:
+        from mirador.routing.planner import plan
+
+        if self.matrix is None or self.quick is None or self.constraints is None:
+            return None
+        embedder = embedder_for(self.settings, client)
+        if embedder is None:
             return None
         try:
             # Imports and weights load in a thread: on the loop they would stall stage 1's stream.
@@ -119,13 +146,13 @@ class LiveRouter:
         """
         from mirador.stream.events import StageFailed, StageFinished, TokenEvent
 
-        if self._embedder is None or getattr(event, "stage", None) != 1:
+        if self._refine_with is None or getattr(event, "stage", None) != 1:
             return
         if self._task is None and isinstance(event, (TokenEvent, StageFinished, StageFailed)):
-            self._task = asyncio.create_task(self._refine(self._embedder))
+            self._task = asyncio.create_task(self._refine(self._refine_with))
         if not isinstance(event, (StageFinished, StageFailed)):
             return
-        task, self._embedder = self._task, None
+        task, self._refine_with = self._task, None
         if task is None:
             return
         try:
