@@ -78,7 +78,7 @@ def ps(server) -> dict[str, dict]:
 
 
 def expires_in(model: dict) -> timedelta:
-    return datetime.fromisoformat(model["expires_at"][:26] + "+00:00") - datetime.now(UTC)
+    return datetime.fromisoformat(model["expires_at"]) - datetime.now(UTC)  # Go trims trailing zeros
 
 
 def wait_until(condition, timeout: float = 10) -> bool:
