@@ -172,6 +172,17 @@ def _as_energy_profile(value: Any) -> str:
     return text
 
 
+def _as_optional_url(value: Any) -> str:
+    text = "" if value is None else str(value).strip()
+    if text.lower() in ("", "off", "none", "false"):
+        return ""
+    if "://" not in text:
+        text = f"http://{text}"
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("expected an http(s) URL, e.g. http://127.0.0.1:8000")
+    return text.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Setting:
     default: Any
@@ -205,6 +216,12 @@ SETTINGS: dict[str, Setting] = {
                                       "on battery: share of the full-power plan's energy a plan may spend"),
     "energy_active_watts": Setting(20.0, _as_number(0.1, 5000, "20"),
                                    "watts the machine draws while a model decodes, until a sensor says"),
+    "memory_enabled": Setting(True, _as_bool, "pattern memory: learn from ratings, offer similar answers as context",
+                              env="MIRADOR_MEMORY"),
+    "memory_url": Setting("", _as_optional_url,
+                          "a Chroma server (http://host:port) for pattern memory; empty: data dir's chroma/",
+                          env="MIRADOR_MEMORY_URL"),
+    "memory_embedder": Setting("local", _as_str, "embedder of pattern memory: local, or ollama[:MODEL]"),
 }
 
 

@@ -15,6 +15,7 @@ from importlib import import_module
 # command -> (module in mirador.cli, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "ask": ("ask", "ask a question; a chain of models answers in stages"),
+    "rate": ("rate", "rate an answer from 1 to 5 (default: the last one); the next similar question learns from it"),
     "route": ("route", "show which models would answer a question, and why, without running them"),
     "matrix": ("matrix", "the capability matrix routing uses: show, validate, path, edit"),
     "history": ("history", "past questions, answers, timings, ratings"),
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor", "check the whole set-up and say what to fix"),
     "config": ("config", "show, locate or change settings"),
     "dna": ("dna", "your preference profile: show, edit, set, diff, reset, crossover, preview"),
+    "memory": ("memory", "pattern memory: stats, search, forget, export, rebuild"),
     "context": ("context", "show exactly what context later stages would receive"),
     "serve": ("serve", "run the embedded Ollama-compatible server"),
     "energy": ("energy", "power state, energy profile and what each model costs"),

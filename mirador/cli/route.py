@@ -61,7 +61,8 @@ def _route(settings: Any, prompt: str, installed_names: list[str] | None, refine
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    constraints = PlanConstraints(energy=energy_constraint(profile, settings))
+    constraints = PlanConstraints(energy=energy_constraint(profile, settings),
+                                  quality=_learned(settings, prompt, refine))
     timings["energy"] = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
     matrix = load_matrix(settings.paths)
@@ -92,6 +93,27 @@ def _route(settings: Any, prompt: str, installed_names: list[str] | None, refine
         analysis, routed = call_server(settings, work)
     timings["planner"] = routed.elapsed_ms
     return routed, fast, timings
+
+
+def _learned(settings: Any, prompt: str, local: bool) -> Any:
+    """Quality learned from ratings: the global table, plus (unless --fast) the rated past queries
+    nearest this one in pattern memory. Memory that cannot be read costs a warning, not the plan."""
+    if not settings.memory_enabled:
+        return None
+    from mirador.memory.learner import quality_for_plan
+    from mirador.memory.patterns import exists
+
+    hits: list[Any] = []
+    if local and exists(settings):
+        from mirador.cli.memory import memory_warning
+        from mirador.errors import MiradorError
+        from mirador.memory.observe import similar
+
+        try:
+            hits = similar(settings, prompt, 20, min_rating=1)
+        except MiradorError as exc:
+            memory_warning(exc, "the plan uses the global learned scores only")
+    return quality_for_plan(settings.paths, hits)
 
 
 async def _offline(work: Any) -> Any:

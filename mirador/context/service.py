@@ -8,6 +8,7 @@ callable runs, so building it costs `ask` nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from mirador.context.compiler import CompiledContext, ContextInputs, compile_context
@@ -27,17 +28,34 @@ def dna_fragment(dna: Any) -> str:
     return fragment(dna, CONTEXT_PURPOSE)
 
 
-def memory_inputs(query: str) -> tuple[list[str], list[str]]:
-    """Remembered facts and well-rated examples from pattern memory, when it exists.
+def memory_inputs(query: str, settings: Any = None) -> tuple[list[str], list[str]]:
+    """Remembered facts and well-rated examples from pattern memory (mirador.memory.retrieve).
 
-    The pattern store (mirador.memory) has no lookup API yet: until it does,
-    there is nothing to add, and the compiler's facts/examples parts stay empty.
+    Memory that cannot be read (a corrupt store, a server that is down) switches itself off for
+    this call with one warning line: it never costs the answer.
     """
-    return [], []
+    if settings is None or not getattr(settings, "memory_enabled", False):
+        return [], []
+    from mirador.memory.learner import has_well_rated
+
+    if not has_well_rated(settings.paths):
+        return [], []  # nothing rated 4-5 yet: no example to find, and no chromadb import to pay
+    from mirador.errors import MiradorError
+    from mirador.memory.retrieve import examples_for
+
+    try:
+        return examples_for(settings, query)
+    except MiradorError as exc:
+        import sys
+
+        print(f"mirador: warning: memory is off for this answer: {exc.message}"
+              + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
+        return [], []
 
 
-def make_inputs(query: str, history: list[dict[str, str]], dna: Any, settings: Any) -> ContextInputs:
-    facts, examples = memory_inputs(query)
+def make_inputs(query: str, history: list[dict[str, str]], dna: Any, settings: Any, *,
+                with_memory: bool = True) -> ContextInputs:
+    facts, examples = memory_inputs(query, settings) if with_memory else ([], [])
     return ContextInputs(query=query, history=list(history), dna_fragment=dna_fragment(dna),
                          constraints=list(getattr(settings, "constraints", []) or []), facts=facts,
                          examples=examples)
@@ -88,13 +106,21 @@ def compiler_for_chain(query: str, history: list[dict[str, str]], dna: Any, sett
     """The compile step of a chain, or None when a chain has nothing to compile for its later stages."""
     if len(models) < 2:
         return None
-    inputs = make_inputs(query, history, dna, settings)
-    if not (inputs.history or inputs.constraints or inputs.facts or inputs.examples):
+    # Memory is read inside the compile step (beside stage 1), never here on the way to it.
+    inputs = make_inputs(query, history, dna, settings, with_memory=False)
+    memory = bool(getattr(settings, "memory_enabled", False))
+    if not (inputs.history or inputs.constraints or memory):
         return None
     budget = int(getattr(settings, "context_budget", 2048))
     check_budget(inputs, budget)
 
     def compile_for_stages() -> str:
-        return compile_now(inputs, settings, budget=budget, model=models[-1]).text()
+        ready = inputs
+        if memory:
+            facts, examples = memory_inputs(query, settings)
+            ready = replace(inputs, facts=facts, examples=examples)
+        if not (ready.history or ready.constraints or ready.facts or ready.examples):
+            return ""
+        return compile_now(ready, settings, budget=budget, model=models[-1]).text()
 
     return compile_for_stages

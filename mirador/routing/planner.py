@@ -28,6 +28,8 @@ from mirador.routing.schema import CapabilityMatrix, ModelSpec, StepSpec
 
 # How far a stage is trusted when its model is not the matrix's first choice.
 ALTERNATIVE_FACTOR, STRENGTHS_FACTOR, GENERAL_FACTOR = 0.9, 0.75, 0.6
+# Share of the matrix's rank order in a candidate's score once ratings exist (the rest: the learned score).
+MATRIX_WEIGHT = 0.25
 # Context a model needs beyond the query itself: instructions, earlier drafts, the answer.
 CONTEXT_HEADROOM_TOKENS = 1024
 
@@ -185,11 +187,16 @@ def _rank(candidates: list[_Candidate], analysis: QueryAnalysis, constraints: Pl
     """Preferences beyond the matrix's order: learned quality, language, room in the context."""
     if constraints.quality is not None and candidates:
         n = len(candidates)
+        learned = [constraints.quality(analysis.domain, c.model.name) for c in candidates]
         keyed = []
         for i, candidate in enumerate(candidates):
             prior = 1.0 - i / n
-            learned = constraints.quality(analysis.domain, candidate.model.name)
-            keyed.append((prior if learned is None else 0.5 * prior + 0.5 * learned, -i, candidate))
+            # Once ratings speak about any candidate they outweigh the matrix's order, and an unrated
+            # model counts as neutral (0.5): otherwise a badly rated first choice could never fall
+            # below the third, whatever the ratings said.
+            score = prior if all(x is None for x in learned) else \
+                MATRIX_WEIGHT * prior + (1 - MATRIX_WEIGHT) * (0.5 if learned[i] is None else learned[i])
+            keyed.append((score, -i, candidate))
         reordered = [c for _, _, c in sorted(keyed, key=lambda k: (k[0], k[1]), reverse=True)]
         if reordered[0] != candidates[0]:
             notes.append(f"{step.name}: your ratings put {reordered[0].model.name} ahead of "
