@@ -195,7 +195,9 @@ def test_history_energy_totals_by_model_and_day(tmp_path):
     plain = run_mirador(["history", "--energy"], tmp_path)
     assert plain.returncode == 0, plain.stderr
     assert "energy by model" in plain.stdout and "energy by day" in plain.stdout
-    assert "1 stages unknown" in plain.stdout
+    assert "none for 1 of 2 stages" in plain.stdout
+    shown = run_mirador(["history", "show", "1"], tmp_path)
+    assert "~50.8 J (measured tokens/s)" in shown.stdout  # 20 W for 2 s of decoding + 100 prompt tokens
     assert json.loads((tmp_path / "data" / "energy.json").read_text())["rates"]["big:8b"]["samples"] == 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 from clirun import run_mirador
@@ -85,15 +86,17 @@ def stage_rows(home: Path) -> list[sqlite3.Row]:
 
 def test_ask_on_battery_answers_in_one_short_micro_stage_and_logs_its_energy(server_factory, tmp_path):
     server = server_factory(MODELS)
+    started = time.monotonic()
     result = run_mirador(["ask", QUESTION], tmp_path, server.host, MIRADOR_SYSFS_ROOT=ON_BATTERY)
+    wall = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    [body] = chats(server)
-    assert body["model"] == "llama3.2:1b" and body["options"]["num_predict"] == 200
+    bodies = chats(server)
+    assert [(b["model"], b["options"]["num_predict"]) for b in bodies] == [("llama3.2:1b", 200)], result.stderr
     [row] = stage_rows(tmp_path)
-    assert row["model"] == "llama3.2:1b" and row["energy_j"] > 0
-    assert row["energy_basis"] in ("measured tokens/s", "default")
+    assert row["model"] == "llama3.2:1b" and row["energy_j"] > 0, dict(row)
+    assert row["energy_basis"] in ("measured tokens/s", "default"), dict(row)
     # No RAPL in the fake tree: the battery's 9.876 W draw over the answer's seconds is the measurement.
-    assert row["measured_by"] == "battery" and 0 < row["measured_energy_j"] < 9.876 * 30
+    assert row["measured_by"] == "battery" and 0 < row["measured_energy_j"] <= 9.876 * wall, dict(row)
 
 
 def test_ask_profile_flag_overrides_the_power_state(server_factory, tmp_path):

@@ -151,12 +151,12 @@ def run_energy(args: argparse.Namespace) -> int:
 
 
 def _joules(total: float, counted: int, stages: int) -> str:
-    """'1.2 kJ (0.33 Wh)', with how many stages had no figure (answers older than the accounting)."""
+    """'1.2 kJ (0.33 Wh)', and how many stages have no figure (older answers; no sensor for measurements)."""
     if not counted:
         return "-"
     text = f"{total:.0f} J" if total < 1000 else f"{total / 1000:.1f} kJ"
     text += f" ({total / 3600:.2g} Wh)"
-    return text + (f", {stages - counted} stages unknown" if counted < stages else "")
+    return text + (f"; none for {stages - counted} of {stages} stages" if counted < stages else "")
 
 
 # -- one exchange --------------------------------------------------------------------------------
@@ -221,6 +221,10 @@ def _stage_facts(stage: Any) -> list[str]:
         facts.append(f"{stage.eval_count} tokens")
     if stage.tokens_per_s is not None:
         facts.append(f"{stage.tokens_per_s:.1f} tok/s")
+    if stage.energy_j is not None:
+        facts.append(f"~{stage.energy_j:.1f} J ({stage.energy_basis or 'estimated'})")
+    if stage.measured_energy_j is not None:
+        facts.append(f"{stage.measured_energy_j:.1f} J measured ({stage.measured_by or 'sensor'})")
     if stage.done_reason:
         facts.append(f"done: {stage.done_reason}")
     if stage.interrupted:
