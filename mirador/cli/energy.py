@@ -53,7 +53,7 @@ def run_show(args: argparse.Namespace) -> int:
     decision = decide_profile(args.profile, settings, state)
     installed, server_note = _installed(settings)
     costs = _cost_model(settings, installed)
-    chain = _chain(settings, installed)
+    chain, chain_label = _chain(settings, installed)
     plans = []
     if chain:
         from mirador.energy.optimizer import optimize, slots_for_chain
@@ -78,12 +78,12 @@ def run_show(args: argparse.Namespace) -> int:
             "notes": [*state.notes, *([server_note] if server_note else [])],
         }, ensure_ascii=False))
         return 0
-    _print_show(state, decision, active.describe(), plans, chain, [costs.cost(m) for m in models], costs,
-                server_note)
+    _print_show(state, decision, active.describe(), plans, f"{chain_label} ({' → '.join(chain)})",
+                [costs.cost(m) for m in models], costs, server_note)
     return 0
 
 
-def _print_show(state: Any, decision: Any, rule: str, plans: list[tuple[str, Any]], chain: list[str],
+def _print_show(state: Any, decision: Any, rule: str, plans: list[tuple[str, Any]], chain: str,
                 costs_rows: list[Any], costs: Any, server_note: str | None) -> None:
     from mirador.cli.common import print_table
 
@@ -94,7 +94,7 @@ def _print_show(state: Any, decision: Any, rule: str, plans: list[tuple[str, Any
                                                                 if decision.chosen_by == "auto" else ""))
     print(f"rule     {rule}")
     if plans:
-        print(f"\nplans for the default chain ({' → '.join(chain)}):")
+        print(f"\nplans for {chain}:")
         width = max(len(" → ".join(plan.models)) for _, plan in plans)
         for name, plan in plans:
             mark = "*" if name == decision.profile else " "
@@ -164,16 +164,16 @@ def _cost_model(settings: Any, installed: list[Any]) -> Any:
     return CostModel.load(installed, settings, measurements)
 
 
-def _chain(settings: Any, installed: list[Any]) -> list[str]:
-    """The default chain, less what is not installed (all of it when the server is unknown)."""
-    if not installed:
-        return list(settings.chain)
+def _chain(settings: Any, installed: list[Any]) -> tuple[list[str], str]:
+    """The chain setting, less what is not installed (all of it when the server is unknown); with
+    none of it installed, the smallest, a middle and the largest installed model."""
     names = {f.name for f in installed} | {f.name.removesuffix(":latest") for f in installed}
-    present = [m for m in settings.chain if m in names]
+    present = [m for m in settings.chain if m in names or not installed]
     if present:
-        return present
+        return present, "the chain setting"
     by_size = sorted(installed, key=lambda f: (f.params_b or 7.0, f.name))
-    return [f.name for f in by_size[:3]]
+    picks = by_size if len(by_size) <= 3 else [by_size[0], by_size[len(by_size) // 2], by_size[-1]]
+    return [f.name for f in picks], "a chain of installed models"
 
 
 # -- mirador energy profile --------------------------------------------------------------------------
