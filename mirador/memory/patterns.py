@@ -17,6 +17,7 @@ history.db is the source of truth: anything here can be rebuilt from it.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -204,6 +205,11 @@ class PatternStore:
 
 
 def _client(settings: Any) -> Any:
+    # numpy first, on its own: `ask` retrieves in a worker thread while the router may be importing
+    # numpy in another, and chromadb's import reaching numpy's submodules half-way through that one
+    # fails with a circular-import error. Waiting for the whole numpy import first cannot cycle.
+    importlib.import_module("numpy")
+
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
