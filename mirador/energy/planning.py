@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mirador.energy.models import ModelFacts
-from mirador.energy.optimizer import EnergyPlan, StageSlot, optimize
-from mirador.energy.profiles import EnergyConstraint
+if TYPE_CHECKING:  # cheap to import: the planner asks changes_nothing/summary before any slot exists
+    from mirador.energy.models import ModelFacts
+    from mirador.energy.optimizer import EnergyPlan
+    from mirador.energy.profiles import EnergyConstraint
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,13 @@ class StepCandidates:
 
 def changes_nothing(constraint: EnergyConstraint) -> bool:
     """Performance leaves the planner's plan as it is: no need even to build the slots."""
-    return constraint.objective == "quality" and constraint.max_params_b is None and constraint.max_stages is None
+    return constraint.changes_nothing
 
 
 def fit_chain(steps: list[StepCandidates], reference: list[str], constraint: EnergyConstraint,
               facts: list[ModelFacts] | None = None) -> EnergyPlan:
     from mirador.energy.costs import CostModel
+    from mirador.energy.optimizer import StageSlot, optimize
 
     costs = constraint.costs or CostModel()
     costs.add_facts(facts or [])

@@ -57,6 +57,11 @@ class EnergyConstraint:
     min_quality_fraction: float | None = None  # balanced: share of the full-power plan's quality
     costs: CostModel | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def changes_nothing(self) -> bool:
+        """Performance leaves the planner's plan as it is: no slots, no optimizer, no cost model."""
+        return self.objective == "quality" and self.max_params_b is None and self.max_stages is None
+
     def allows(self, facts: ModelFacts) -> bool:
         """Whether a model may run under this profile at all; a model of unknown size is not micro."""
         if self.max_params_b is None:
