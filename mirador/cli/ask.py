@@ -220,7 +220,7 @@ def _stream(settings: Any, request: Any, renderer: Any, recorder: Any, router: A
         async with OllamaClient(settings.host, connect_timeout=settings.connect_timeout) as client:
             if router is not None:  # the plan needs /api/tags: it is made on this loop, with this client
                 request.stages = await router.first_stages(client)
-                request.context = context_for([s.model for s in request.stages])
+                request.context = router.serial_with(context_for([s.model for s in request.stages]))
                 if hasattr(renderer, "note"):
                     renderer.note(router.summary())
             try:

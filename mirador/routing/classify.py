@@ -167,7 +167,7 @@ class _Index:
                 hit(domain, amount, label)
         for domain, pattern, label in self.patterns:
             if pattern.search(text):
-                hit(domain, 2.0, f"/{label}/")
+                hit(domain, 2.0, f"/{label}/" if len(label) <= 30 else f"/{label[:28]}…/")
         for domain, amount in hits.items():
             amount *= weight
             scores[domain] = scores.get(domain, 0.0) + (min(amount, cap) if cap is not None else amount)

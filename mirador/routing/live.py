@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:  # imported for real in first_stages, while /api/tags is on it
 REFINE_BELOW = 0.85
 # Once stage 1 is done, how long stage 2 may wait for the refined plan before going with the quick one.
 REFINE_WAIT_S = 1.5
+# The longest the refinement waits for the context compiler's thread before starting anyway.
+CONTEXT_WAIT_S = 5.0
 
 
 def to_stages(matrix: CapabilityMatrix, routed: Plan, purposes: list[str] | None = None) -> list[Any]:
@@ -77,6 +80,7 @@ class LiveRouter:
         self.quick: Plan | None = None
         self.refined: Plan | None = None
         self._refine_with: Any = None  # the client, while a refinement is wanted and not yet started
+        self._context_done: threading.Event | None = None
         self._task: asyncio.Task[Plan | None] | None = None
 
     async def first_stages(self, client: Any) -> list[Any]:
@@ -121,6 +125,9 @@ class LiveRouter:
             return None
         try:
             # Imports and weights load in a thread: on the loop they would stall stage 1's stream.
+            # After the context compiler's thread, never beside it: two threads importing numpy at
+            # once can leave one of them with a half-initialised module.
+            await _until(self._context_done, CONTEXT_WAIT_S)
             await asyncio.to_thread(_warm, embedder)
             from mirador.routing.classify_embed import classify_refined
 
@@ -136,6 +143,20 @@ class LiveRouter:
                         skip_first_step=True)
         except MiradorError:
             return None
+
+    def serial_with(self, compile_context: Callable[[], str] | None) -> Callable[[], str] | None:
+        """Wrap the context compiler (run in a thread beside stage 1) so the refinement waits for it."""
+        if compile_context is None:
+            return None
+        done = self._context_done = threading.Event()
+
+        def compile_then_signal() -> str:
+            try:
+                return compile_context()
+            finally:
+                done.set()
+
+        return compile_then_signal
 
     async def on_event(self, event: Any, stages: list[Any]) -> None:
         """Call after each event of the chain: refines stages 2..n while stage 1 streams.
@@ -197,3 +218,11 @@ def _warm(embedder: Any) -> None:
     load = getattr(embedder, "load", None)
     if callable(load):
         load()
+
+
+async def _until(event: threading.Event | None, timeout: float) -> None:
+    """Wait for a thread's event without a thread of our own: cancellable, and nothing left at exit."""
+    waited = 0.0
+    while event is not None and not event.is_set() and waited < timeout:
+        await asyncio.sleep(0.01)
+        waited += 0.01

@@ -132,13 +132,13 @@ def _fit_energy(ranked: list[tuple[StepSpec, list[_Candidate]]], choices: list[C
                 notes: list[str], chat: list[InstalledModel], constraints: PlanConstraints
                 ) -> tuple[list[Choice], list[Fallback], Any]:
     """The energy profile's pick among every step's candidates (mirador.energy.planning)."""
-    from mirador.energy.models import ModelFacts
-    from mirador.energy.planning import StepCandidates, changes_nothing, fit_chain, summary, why_changed
-
     profile = constraints.energy
-    if changes_nothing(profile):
-        notes.append(summary(profile, None))
+    if leaves_chain_alone(profile):
+        notes.append(full_chain_note(profile))
         return choices, fallbacks, None
+    from mirador.energy.models import ModelFacts
+    from mirador.energy.planning import StepCandidates, fit_chain, summary, why_changed
+
     skip = constraints.excluded | constraints.reserved
     options = [(step, {c.model.name: c for c in cands if c.model.name not in skip}) for step, cands in ranked]
     options = [(step, cands) for step, cands in options if cands]
@@ -155,6 +155,17 @@ def _fit_energy(ranked: list[tuple[StepSpec, list[_Candidate]]], choices: list[C
                   for c in choices if kept.get(c.step) != c.model]
     notes.extend([*fitted.notes, summary(profile, fitted)])
     return fitted_choices or choices, fallbacks, fitted
+
+
+def leaves_chain_alone(profile: Any) -> bool:
+    """mirador.energy.planning.changes_nothing, without importing the optimizer (7 ms before the first
+    token on every question asked on mains power). tests/test_routing_planner.py keeps the two in step."""
+    return profile.objective == "quality" and profile.max_params_b is None and profile.max_stages is None
+
+
+def full_chain_note(profile: Any) -> str:
+    """mirador.energy.planning.summary(profile, None), likewise."""
+    return f"energy: {profile.profile} profile ({profile.reason}): the full chain"
 
 
 def _candidates(step: StepSpec, matrix: CapabilityMatrix, by_spec: dict[str, list[InstalledModel]],
@@ -265,7 +276,7 @@ def _dropped_why(step: StepSpec, best: ModelSpec, chat: list[InstalledModel]) ->
     needs = ", ".join(step.needs) or "a chat model"
     if not chat:
         return "no chat model is installed"
-    return f"no other installed model has {needs}; step dropped (ollama pull {best.pull_name} for it)"
+    return f"no other installed model has {needs} (ollama pull {best.pull_name} for it)"
 
 
 def _general(chat: list[InstalledModel], listed: list[_Candidate], chosen: list[Choice]) -> list[_Candidate]:
