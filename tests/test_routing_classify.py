@@ -120,3 +120,39 @@ def test_sections_split_instruction_from_material():
     long = split_sections(f"give me the key points\n{body}\nkeep it short")
     assert long.instruction == "give me the key points\nkeep it short"
     assert long.material.startswith("line 0")
+
+
+# -- pattern guards ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern, guard", [
+    (r"\$\s?\d+", ("$",)), (r"\b(sin|cos)\s*\(", ("cos", "sin")), (r"\b\w+(Error|Exception)\b", ("rror", "xception")),
+    (r"[^x]y", ("y",)), (r"(a|)b?", None), (r"x*", None), (r"(?=abc)", None), (r"(a)\1", ("a",)),
+    (r"[a-z]+", None), (r"Hello|World", ("hello", "world")),
+])
+def test_guards_are_literals_every_match_contains(pattern, guard):
+    from mirador.routing.guards import guard_for
+
+    assert guard_for(pattern) == guard
+
+
+def test_guards_never_skip_a_pattern_that_matches(matrix):
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from mirador.routing.guards import passes
+
+    labeled = yaml.safe_load((Path(__file__).parent / "data" / "labeled_queries.yaml").read_text())
+    texts = [item["query"] for item in labeled] + [e for d in matrix.domains.values() for e in d.examples]
+    texts += ["solve 3x + 7 = 22", "ERROR: KeyError in main.py", "$1,200 at 5% APR", "∫ x dx", "in 3 sentences"]
+    checked = 0
+    for domain in matrix.domains.values():
+        for pattern, guard in zip(domain.patterns, domain.pattern_guards, strict=True):
+            regex = re.compile(pattern, re.IGNORECASE | re.MULTILINE)
+            for text in texts:
+                if regex.search(text):
+                    checked += 1
+                    assert passes(guard, text.lower()), (pattern, guard, text)
+    assert checked > 50

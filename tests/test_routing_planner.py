@@ -149,15 +149,3 @@ def test_parameter_sizes(size, name, expected):
     got = parse_params(size, name)
     assert got == pytest.approx(expected) if expected is not None else got is None
 
-
-@pytest.mark.parametrize("profile", ["performance", "balanced", "survival"])
-def test_the_cheap_energy_check_agrees_with_the_energy_module(profile, monkeypatch, mirador_home):
-    from mirador.config import load_settings
-    from mirador.energy.planning import changes_nothing, summary
-    from mirador.energy.profiles import energy_constraint
-    from mirador.routing.planner import full_chain_note, leaves_chain_alone
-
-    monkeypatch.setenv("MIRADOR_POWER", "plugged")
-    constraint = energy_constraint(profile, load_settings())
-    assert leaves_chain_alone(constraint) == changes_nothing(constraint)
-    assert full_chain_note(constraint) == summary(constraint, None)

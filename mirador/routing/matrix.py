@@ -24,7 +24,7 @@ from mirador.routing.schema import CapabilityMatrix, KeyPath, build_matrix
 
 FILE_NAME = "capability_matrix.yaml"
 DEFAULT_MATRIX = Path(__file__).with_name(FILE_NAME)
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 def default_matrix_path() -> Path:

@@ -132,12 +132,14 @@ def _fit_energy(ranked: list[tuple[StepSpec, list[_Candidate]]], choices: list[C
                 notes: list[str], chat: list[InstalledModel], constraints: PlanConstraints
                 ) -> tuple[list[Choice], list[Fallback], Any]:
     """The energy profile's pick among every step's candidates (mirador.energy.planning)."""
+    from mirador.energy.planning import changes_nothing, summary  # cheap: the optimizer loads only to fit
+
     profile = constraints.energy
-    if leaves_chain_alone(profile):
-        notes.append(full_chain_note(profile))
+    if changes_nothing(profile):
+        notes.append(summary(profile, None))
         return choices, fallbacks, None
     from mirador.energy.models import ModelFacts
-    from mirador.energy.planning import StepCandidates, fit_chain, summary, why_changed
+    from mirador.energy.planning import StepCandidates, fit_chain, why_changed
 
     skip = constraints.excluded | constraints.reserved
     options = [(step, {c.model.name: c for c in cands if c.model.name not in skip}) for step, cands in ranked]
@@ -155,17 +157,6 @@ def _fit_energy(ranked: list[tuple[StepSpec, list[_Candidate]]], choices: list[C
                   for c in choices if kept.get(c.step) != c.model]
     notes.extend([*fitted.notes, summary(profile, fitted)])
     return fitted_choices or choices, fallbacks, fitted
-
-
-def leaves_chain_alone(profile: Any) -> bool:
-    """mirador.energy.planning.changes_nothing, without importing the optimizer (7 ms before the first
-    token on every question asked on mains power). tests/test_routing_planner.py keeps the two in step."""
-    return profile.objective == "quality" and profile.max_params_b is None and profile.max_stages is None
-
-
-def full_chain_note(profile: Any) -> str:
-    """mirador.energy.planning.summary(profile, None), likewise."""
-    return f"energy: {profile.profile} profile ({profile.reason}): the full chain"
 
 
 def _candidates(step: StepSpec, matrix: CapabilityMatrix, by_spec: dict[str, list[InstalledModel]],

@@ -64,6 +64,7 @@ class DomainSpec(NamedTuple):
     strong_keywords: tuple[str, ...]  # words that alone all but settle the domain ("summarize")
     examples: tuple[str, ...]
     chain: tuple[StepSpec, ...]
+    pattern_guards: tuple[tuple[str, ...] | None, ...] = ()  # per pattern: literals a match needs (guards.py)
 
 
 class CapabilityMatrix(NamedTuple):
@@ -179,7 +180,10 @@ def _domain(name: str, spec: Any, models: dict[str, ModelSpec], strengths: set[s
             raise locate(path + ("chain", str(i), "step"), f"step '{step_name}' appears twice in the chain", None)
     keywords = tuple(k.lower() for k in _strings(spec.get("keywords", []), path + ("keywords",), locate))
     strong = tuple(k.lower() for k in _strings(spec.get("strong_keywords", []), path + ("strong_keywords",), locate))
-    return DomainSpec(name, description.strip(), keywords, tuple(patterns), strong, tuple(examples), chain)
+    from mirador.routing.guards import guard_for
+
+    return DomainSpec(name, description.strip(), keywords, tuple(patterns), strong, tuple(examples), chain,
+                      tuple(guard_for(p) for p in patterns))
 
 
 def _step(path: KeyPath, spec: Any, models: dict[str, ModelSpec], strengths: set[str], locate: Locate) -> StepSpec:
@@ -329,7 +333,8 @@ def to_compact(matrix: CapabilityMatrix) -> dict[str, Any]:
                     list(m.alternatives), m.kind] for m in matrix.models.values()],
         "domains": [[d.name, d.description, list(d.keywords), list(d.patterns), list(d.strong_keywords),
                      list(d.examples), [[s.name, list(s.needs), s.best, s.reason, s.confidence, list(s.alternatives),
-                                         s.max_tokens, list(s.cues)] for s in d.chain]]
+                                         s.max_tokens, list(s.cues)] for s in d.chain],
+                     [None if g is None else list(g) for g in d.pattern_guards]]
                     for d in matrix.domains.values()],
         "routing": [matrix.min_confidence, matrix.fallback_domain, matrix.digest],
     }
@@ -340,7 +345,8 @@ def from_compact(data: dict[str, Any]) -> CapabilityMatrix:
               for m in data["models"]}
     domains = {
         d[0]: DomainSpec(d[0], d[1], tuple(d[2]), tuple(d[3]), tuple(d[4]), tuple(d[5]), tuple(
-            StepSpec(s[0], tuple(s[1]), s[2], s[3], s[4], tuple(s[5]), s[6], tuple(s[7])) for s in d[6]))
+            StepSpec(s[0], tuple(s[1]), s[2], s[3], s[4], tuple(s[5]), s[6], tuple(s[7])) for s in d[6]),
+            tuple(None if g is None else tuple(g) for g in d[7]))
         for d in data["domains"]
     }
     min_confidence, fallback, digest = data["routing"]
