@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -341,14 +340,6 @@ def test_a_broken_script_names_the_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "mirador", "serve", "--engine", "scripted", "--port", "0",
                              "--script", str(script)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and str(script) in result.stderr and "rate" in result.stderr
-
-
-@pytest.mark.skipif(importlib.util.find_spec("mirador.runtime.engines.llama_cpp") is not None,
-                    reason="the llama.cpp engine exists")
-def test_llama_cpp_engine_not_built_yet_says_so(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "mirador", "serve", "--engine", "llama_cpp", "--port", "0"],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 3 and "llama.cpp engine is not installed" in result.stderr
 
 
 def test_listening_beyond_loopback_warns(tmp_path):

@@ -38,11 +38,6 @@ def _llama_cpp(args: argparse.Namespace) -> EngineSetup:
         module = import_module("mirador.runtime.engines.llama_cpp")
         return EngineSetup(module.create_engine(args))
     except ModuleNotFoundError as exc:
-        if exc.name == "mirador.runtime.engines.llama_cpp":
-            raise RuntimeUnavailable(
-                "the llama.cpp engine is not installed yet",
-                hint="use `mirador serve --engine scripted` for the deterministic test engine",
-            ) from None
         raise RuntimeUnavailable(
             f"the llama.cpp engine needs the package '{exc.name}'",
             hint="install it with: pip install 'mirador[serve]'",
