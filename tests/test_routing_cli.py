@@ -224,3 +224,15 @@ def test_route_and_ask_on_a_fresh_embedded_runtime(tmp_path):
         assert answered.stdout.strip()
     finally:
         server.stop()
+
+
+def test_route_refines_with_the_servers_embedding_model_when_memory_uses_it(server_factory, tmp_path):
+    server = server_factory(ASSISTANT)
+    assert run_mirador(["config", "set", "memory_embedder", "ollama:all-minilm"], tmp_path).returncode == 0
+    report = route_json(["cut this down to three sentences please"], tmp_path, server.host)
+    assert report["analysis"]["path"] == "ollama:all-minilm"
+    embeds = [r["body"] for r in paths_of(server, "/api/embed")]
+    assert embeds and all(body["model"] == "all-minilm" for body in embeds)
+    again = route_json(["cut this down to two sentences please"], tmp_path, server.host)
+    assert again["analysis"]["path"] == "ollama:all-minilm"
+    assert len(paths_of(server, "/api/embed")) == len(embeds) + 1  # examples cached: one embedding per query

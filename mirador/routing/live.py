@@ -51,19 +51,23 @@ def to_stages(matrix: CapabilityMatrix, routed: Plan, purposes: list[str] | None
 
 
 def embedder_for(settings: Any, client: Any) -> Any | None:
-    """The embedder the memory module is configured with; None when embeddings are off or unavailable."""
+    """The embedder memory uses (setting `memory_embedder`: local, or ollama[:MODEL]); None when unavailable.
+
+    One embedder for both, so the example vectors and the pattern store agree on what a vector means.
+    """
     values = getattr(settings, "values", {}) or {}
-    provider = str(values.get("embeddings") or values.get("embedding_provider") or "local").lower()
-    if provider in ("none", "off", "false", "no"):
+    choice = str(values.get("memory_embedder") or "local").strip()
+    if choice.lower() in ("none", "off", "false", "no"):
         return None
     try:
         from mirador.memory.embed import get_embedder
     except ImportError:
         return None
+    provider, _, model = choice.partition(":")
     try:
-        if provider.startswith("ollama"):
-            return get_embedder(provider, values.get("embedding_model"), client=client)
-        return get_embedder(provider)
+        if provider.lower() == "ollama":
+            return get_embedder("ollama", model or None, client=client)
+        return get_embedder(provider.lower() or "local")
     except MiradorError:
         return None
 
