@@ -222,6 +222,13 @@ SETTINGS: dict[str, Setting] = {
                           "a Chroma server (http://host:port) for pattern memory; empty: data dir's chroma/",
                           env="MIRADOR_MEMORY_URL"),
     "memory_embedder": Setting("local", _as_str, "embedder of pattern memory: local, or ollama[:MODEL]"),
+    "preload": Setting(True, _as_bool, "load the models of later stages (and predicted ones) in the background",
+                       env="MIRADOR_PRELOAD"),
+    "preload_threshold": Setting(0.7, _as_number(0, 1, "0.7"),
+                                 "probability above which `mirador preload --predict` loads a model"),
+    "preload_max_loaded": Setting(0, _as_number(0, 64, "3"),
+                                  "models the server keeps loaded at once (0: OLLAMA_MAX_LOADED_MODELS, else 3)",
+                                  env="MIRADOR_PRELOAD_MAX_LOADED"),
 }
 
 

@@ -129,7 +129,7 @@ def run_ask(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         _stream(settings, request, renderer, recorder, router,
-                lambda models: _context(prompt, earlier_turns, dna, settings, models))
+                lambda models: _context(prompt, earlier_turns, dna, settings, models), profile=args.profile)
     except KeyboardInterrupt:
         interrupted = True
     renderer.close(interrupted)
@@ -210,7 +210,7 @@ def _energy_meter() -> Any:
 
 
 def _stream(settings: Any, request: Any, renderer: Any, recorder: Any, router: Any = None,
-            context_for: Any = None) -> None:
+            context_for: Any = None, profile: str | None = None) -> None:
     import asyncio
 
     from mirador.runtime.client import OllamaClient
@@ -223,17 +223,39 @@ def _stream(settings: Any, request: Any, renderer: Any, recorder: Any, router: A
                 request.context = router.serial_with(context_for([s.model for s in request.stages]))
                 if hasattr(renderer, "note"):
                     renderer.note(router.summary())
+            preloader = _preloader(settings, client, request, renderer, profile)
             try:
                 async for event in run_chain(client, request):
                     recorder.handle(event)
                     renderer.handle(event)
                     if router is not None:
                         await router.on_event(event, request.stages)
+                        if preloader is not None:  # a refined plan may name other models for stages 2..n
+                            preloader.ensure([s.model for s in request.stages])
             finally:
+                if preloader is not None:
+                    await preloader.aclose()
                 if router is not None:
                     await router.aclose()
 
     asyncio.run(main())
+
+
+def _preloader(settings: Any, client: Any, request: Any, renderer: Any, profile: str | None) -> Any:
+    """Stages 2..n load in the background while stage 1 streams (mirador.predict.preload)."""
+    if len(request.stages) < 2 or not settings.preload:
+        return None  # a single stage: nothing to preload, nothing imported
+    from mirador.predict.preload import StagePreloader
+
+    def note(text: str) -> None:
+        if hasattr(renderer, "note"):
+            renderer.note(text)
+        else:
+            print(f"mirador: {text}", file=sys.stderr)
+
+    preloader = StagePreloader(client, request.keep_alive, settings, profile, note)
+    preloader.ensure([s.model for s in request.stages])
+    return preloader
 
 
 def _renderer(args: argparse.Namespace) -> Any:
