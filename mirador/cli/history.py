@@ -32,6 +32,9 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--energy", action="store_true",
                         help="energy totals by model and by day (the last N days): estimated, and measured"
                              " where a sensor allowed")
+    parser.add_argument("--latency", action="store_true",
+                        help="by stage: how often its model was already loaded (preload hits), its wait, time"
+                             " to first token (the last N days)")
     parser.set_defaults(run=run_list)
     actions = parser.add_subparsers(dest="action", metavar="show")
     show = actions.add_parser("show", help="one exchange in full: prompt, every stage, timings, ratings",
@@ -50,6 +53,10 @@ def run_list(args: argparse.Namespace) -> int:
         raise UsageError(f"-n must be 1 or more, not {args.limit}")
     if args.energy:
         return run_energy(args)
+    if args.latency:
+        from mirador.cli.latency import run_latency
+
+        return run_latency(args)
     store = _open_store()
     if store is None:
         return _say_empty(args, "No history yet. Ask something first: mirador ask \"…\"")

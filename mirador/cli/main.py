@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "models installed on the server and loaded in memory"),
     "preload": ("models", "load models now so the next question starts warm"),
     "unload": ("models", "free the memory of loaded models"),
+    "shell-hook": ("shellhook", "print a snippet that preloads the predicted models when a shell starts"),
     "doctor": ("doctor", "check the whole set-up and say what to fix"),
     "config": ("config", "show, locate or change settings"),
     "dna": ("dna", "your preference profile: show, edit, set, diff, reset, crossover, preview"),

@@ -11,10 +11,15 @@ from mirador.errors import MiradorError, UsageError
 
 def configure(command: str, parser: argparse.ArgumentParser) -> None:
     if command in ("preload", "unload"):
-        parser.add_argument("models", nargs="+", metavar="MODEL")
+        parser.add_argument("models", nargs="+" if command == "unload" else "*", metavar="MODEL")
     if command == "preload":
         parser.add_argument("--keep-alive", default=None,
                             help="how long to keep them loaded: 10m, 1h, -1 (until unloaded); default from config")
+        parser.add_argument("--predict", action="store_true",
+                            help="load what this hour usually needs, from your history (for a login hook or cron)")
+    if command == "models":
+        parser.add_argument("--predict", action="store_true",
+                            help="show how likely each model is to be needed now, from your history")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.set_defaults(run={"models": run_models, "preload": run_preload, "unload": run_unload}[command])
 
@@ -23,6 +28,8 @@ def run_models(args: argparse.Namespace) -> int:
     from mirador.config import load_settings
 
     settings = load_settings()
+    if args.predict:
+        return _show_predictions(args, settings)
 
     async def fetch(client: Any) -> tuple[list[dict], list[dict]]:
         return await client.tags(), await client.ps()
@@ -85,6 +92,13 @@ def run_preload(args: argparse.Namespace) -> int:
     from mirador.runtime.pins import pin, unpin
 
     settings = load_settings()
+    if args.predict:
+        if args.models or args.keep_alive is not None:
+            raise UsageError("--predict chooses the models and how long they stay",
+                             hint="mirador preload --predict   or   mirador preload MODEL [--keep-alive 1h]")
+        return _preload_predicted(args, settings)
+    if not args.models:
+        raise UsageError("name the models to load, or --predict", hint="mirador preload llama3.2:1b")
     keep_alive = settings.keep_alive
     if args.keep_alive is not None:
         try:
@@ -101,6 +115,44 @@ def run_preload(args: argparse.Namespace) -> int:
         else:
             unpin(settings.paths, model)
     return _report(args, results, "loaded", keep_alive)
+
+
+def _show_predictions(args: argparse.Namespace, settings: Any) -> int:
+    import asyncio
+
+    from mirador.predict.warm import installed_and_loaded, predict
+
+    async def fetch(client: Any) -> Any:
+        installed, loaded = await installed_and_loaded(client)
+        return await asyncio.to_thread(predict, settings, installed), loaded
+
+    predictions, loaded = call_server(settings, fetch)
+    rows = [{"model": p.model, "this_hour": round(p.this_hour, 3), "next_question": round(p.next_question, 3),
+             "loaded": p.model in loaded, "preload": p.this_hour >= settings.preload_threshold}
+            for p in predictions]
+    if args.json:
+        print_json_lines(rows)
+        return 0
+    print_table(["model", "needed this hour", "next question", "loaded", ""],
+                [[r["model"], f"{r['this_hour']:.2f}", f"{r['next_question']:.2f}", "yes" if r["loaded"] else "",
+                  "preload" if r["preload"] else ""] for r in rows],
+                title=f"predicted from your history (preload above {settings.preload_threshold:g})")
+    return 0
+
+
+def _preload_predicted(args: argparse.Namespace, settings: Any) -> int:
+    from mirador.predict.warm import warm_predicted
+    from mirador.runtime.pins import keep_alive_for, read_pins
+
+    pins = read_pins(settings.paths)
+
+    async def work(client: Any) -> Any:
+        return await warm_predicted(client, settings, lambda m, default: keep_alive_for(m, default, pins))
+
+    _, results, why_not = call_server(settings, work)
+    if why_not and not args.json:
+        print(f"mirador: {why_not}")
+    return _report(args, results, "loaded", None) if results else 0
 
 
 def run_unload(args: argparse.Namespace) -> int:

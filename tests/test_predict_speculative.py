@@ -1,0 +1,124 @@
+"""Speculative first stages against real servers: the losers' streams close and their servers stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from mirador.predict.speculative import Candidate, SpeculationCost, decide_after, distinct, should_speculate, speculate
+from mirador.runtime.client import OllamaClient
+
+MODELS = {
+    "a:1b": {"num_tokens": 2000, "rate": 40},
+    "b:3b": {"text": "the chosen interpretation answers", "rate": 40},
+    "c:8b": {"num_tokens": 2000, "rate": 40},
+    "short:1b": {"text": "done quickly"},
+}
+
+
+def ask(model: str) -> Candidate:
+    return Candidate(model, [{"role": "user", "content": "ambiguous question"}])
+
+
+async def first_token_s(client: OllamaClient, model: str) -> float:
+    started = time.perf_counter()
+    async for chunk in client.chat(model, [{"role": "user", "content": "next"}], keep_alive="10m"):
+        if (chunk.get("message") or {}).get("content"):
+            return time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_the_winner_streams_on_and_the_losers_are_cancelled(server_factory):
+    server = server_factory(MODELS)
+
+    async def main():
+        async with OllamaClient(server.url) as client:
+            cost = SpeculationCost()
+            chunks = [c async for c in speculate(client, [ask("a:1b"), ask("b:3b"), ask("c:8b")],
+                                                 decide_after(0.5, "b:3b"), cost)]
+            # a:1b had ~1900 tokens to go: only a stopped generation gives its turn to the next request
+            waits = [await first_token_s(client, m) for m in ("a:1b", "c:8b")]
+            return chunks, cost, waits
+
+    chunks, cost, waits = run(main())
+    assert "".join((c.get("message") or {}).get("content", "") for c in chunks) == "the chosen interpretation answers"
+    assert chunks[-1]["done"] is True
+    assert sorted(cost.cancelled) == ["a:1b", "c:8b"] and cost.wasted_tokens > 10
+    assert cost.energy_j(20.0) > 0
+    assert all(w < 1.0 for w in waits), waits
+
+
+def test_one_model_is_never_speculated_on_twice(server_factory):
+    server = server_factory(MODELS)
+    assert [c.model for c in distinct([ask("a:1b"), ask("a:1b"), ask("b:3b"), ask("c:8b"), ask("short:1b")])] == [
+        "a:1b", "b:3b", "c:8b"]
+
+    async def main():
+        async with OllamaClient(server.url) as client:
+            return [c async for c in speculate(client, [ask("b:3b"), ask("b:3b"), ask("short:1b")],
+                                               decide_after(0.05, "b:3b"))]
+
+    run(main())
+    assert [r["body"]["model"] for r in server.requests() if r["path"] == "/api/chat"].count("b:3b") == 1
+
+
+def test_cancelling_a_loser_that_already_finished_is_no_error(server_factory):
+    server = server_factory(MODELS)
+
+    async def main():
+        async with OllamaClient(server.url) as client:
+            cost = SpeculationCost()
+            chunks = [c async for c in speculate(client, [ask("short:1b"), ask("b:3b")],
+                                                 decide_after(0.8, "b:3b"), cost)]
+            return chunks, cost
+
+    chunks, cost = run(main())
+    assert cost.finished_before_cancel == ["short:1b"] and cost.cancelled == []
+    assert cost.wasted_tokens == 2 and chunks[-1]["done"]
+
+
+def test_speculation_only_when_close_and_never_in_survival_or_on_a_low_battery(monkeypatch):
+    monkeypatch.setenv("MIRADOR_POWER", "plugged")
+    assert should_speculate(0.05) and not should_speculate(0.5)
+    monkeypatch.setenv("MIRADOR_POWER", "battery:30")  # balanced, but below the battery threshold
+    assert not should_speculate(0.05)
+    monkeypatch.setenv("MIRADOR_POWER", "battery:80")
+    assert should_speculate(0.05)
+    monkeypatch.setenv("MIRADOR_POWER", "battery:5")  # survival
+    assert not should_speculate(0.05)
+
+
+def test_on_the_embedded_runtime_a_cancelled_stream_stops_generation(tmp_path):
+    from llamaproc import start_llama_server
+
+    server = start_llama_server(tmp_path)
+    try:
+        httpx.post(server.url + "/api/copy", json={"source": "smollm2:135m", "destination": "smol-b:135m"},
+                   timeout=60).raise_for_status()
+        long = {"num_predict": 4000, "temperature": 0}
+
+        async def main():
+            async with OllamaClient(server.url) as client:
+                cost = SpeculationCost()
+                loser = Candidate("smollm2:135m", [{"role": "user", "content": "Count to one thousand."}], long)
+                winner = Candidate("smol-b:135m", [{"role": "user", "content": "Say hi."}], {"num_predict": 8})
+                async def decide() -> str:  # once the loser is generating: its model is loaded
+                    while "smollm2:135m" not in {m["name"] for m in await client.ps()}:
+                        await asyncio.sleep(0.1)
+                    await asyncio.sleep(2.0)
+                    return "smol-b:135m"
+
+                chunks = [c async for c in speculate(client, [loser, winner], decide(), cost)]
+                return chunks, cost, await first_token_s(client, "smollm2:135m")
+
+        chunks, cost, wait = run(main())
+        assert chunks[-1]["done"] and cost.cancelled == ["smollm2:135m"] and cost.wasted_tokens > 0
+        assert wait < 5.0  # 4000 tokens would have taken far longer: the server stopped generating
+    finally:
+        server.stop()
