@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "context": ("context", "show exactly what context later stages would receive"),
     "serve": ("serve", "run the embedded Ollama-compatible server"),
     "energy": ("energy", "power state, energy profile and what each model costs"),
+    "train": ("train", "turn the best-rated history into a LoRA adapter; deploy it only if it is better"),
 }
 
 
