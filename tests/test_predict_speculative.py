@@ -106,12 +106,13 @@ def test_on_the_embedded_runtime_a_cancelled_stream_stops_generation(tmp_path):
         async def main():
             async with OllamaClient(server.url) as client:
                 cost = SpeculationCost()
-                loser = Candidate("smollm2:135m", [{"role": "user", "content": "Count to one thousand."}], long)
+                story = "Write a very long story about a dragon, at least two thousand words."
+                loser = Candidate("smollm2:135m", [{"role": "user", "content": story}], long)
                 winner = Candidate("smol-b:135m", [{"role": "user", "content": "Say hi."}], {"num_predict": 8})
                 async def decide() -> str:  # once the loser is generating: its model is loaded
                     while "smollm2:135m" not in {m["name"] for m in await client.ps()}:
                         await asyncio.sleep(0.1)
-                    await asyncio.sleep(2.0)
+                    await asyncio.sleep(0.7)
                     return "smol-b:135m"
 
                 chunks = [c async for c in speculate(client, [loser, winner], decide(), cost)]
