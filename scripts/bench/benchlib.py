@@ -95,4 +95,6 @@ def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
 
 
 def which(name: str) -> str | None:
-    return shutil.which(name)
+    """A command of this venv first (where `llm` lives when the test extra is installed), then PATH."""
+    beside = Path(PYTHON).with_name(name)
+    return str(beside) if beside.exists() else shutil.which(name)
