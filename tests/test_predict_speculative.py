@@ -109,10 +109,10 @@ def test_on_the_embedded_runtime_a_cancelled_stream_stops_generation(tmp_path):
                 story = "Write a very long story about a dragon, at least two thousand words."
                 loser = Candidate("smollm2:135m", [{"role": "user", "content": story}], long)
                 winner = Candidate("smol-b:135m", [{"role": "user", "content": "Say hi."}], {"num_predict": 8})
-                async def decide() -> str:  # once the loser is generating: its model is loaded
-                    while "smollm2:135m" not in {m["name"] for m in await client.ps()}:
-                        await asyncio.sleep(0.1)
-                    await asyncio.sleep(0.7)
+                async def decide() -> str:  # once the loser is generating
+                    deadline = time.monotonic() + 60
+                    while cost.streamed.get("smollm2:135m", 0) < 5 and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
                     return "smol-b:135m"
 
                 chunks = [c async for c in speculate(client, [loser, winner], decide(), cost)]
@@ -123,3 +123,15 @@ def test_on_the_embedded_runtime_a_cancelled_stream_stops_generation(tmp_path):
         assert wait < 5.0  # 4000 tokens would have taken far longer: the server stopped generating
     finally:
         server.stop()
+
+
+def test_the_thresholds_come_from_the_settings(monkeypatch, tmp_path):
+    from mirador.config import load_settings
+
+    monkeypatch.setenv("MIRADOR_HOME", str(tmp_path))
+    monkeypatch.setenv("MIRADOR_POWER", "battery:30")
+    settings = load_settings()
+    assert settings.speculate_margin == 0.15 and settings.speculate_battery_below == 50
+    assert not should_speculate(0.05, settings)
+    settings.values["speculate_battery_below"] = 20.0
+    assert should_speculate(0.05, settings) and not should_speculate(0.2, settings)

@@ -42,6 +42,7 @@ class SpeculationCost:
     wasted_seconds: float = 0.0  # decoding time of the losers, summed
     cancelled: list[str] = field(default_factory=list)
     finished_before_cancel: list[str] = field(default_factory=list)
+    streamed: dict[str, int] = field(default_factory=dict)  # tokens so far, by model, while they run
 
     def energy_j(self, active_watts: float) -> float:
         return self.wasted_seconds * active_watts
@@ -83,8 +84,9 @@ def should_speculate(margin: float, settings: Any = None, profile: str | None = 
 class _Runner:
     """One speculative stream, read into a queue so that the winner loses nothing it already sent."""
 
-    def __init__(self, client: Any, candidate: Candidate):
+    def __init__(self, client: Any, candidate: Candidate, cost: SpeculationCost):
         self.candidate = candidate
+        self.cost = cost
         self.queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
         self.tokens = 0
         self.first_at: float | None = None
@@ -97,6 +99,7 @@ class _Runner:
             async for chunk in client.chat(c.model, c.messages, keep_alive=c.keep_alive, options=c.options):
                 if (chunk.get("message") or {}).get("content"):
                     self.tokens += 1
+                    self.cost.streamed[self.candidate.model] = self.tokens
                     if self.first_at is None:
                         self.first_at = time.perf_counter()
                 self.queue.put_nowait(chunk)
@@ -117,7 +120,7 @@ async def speculate(client: Any, candidates: list[Candidate], decide: Awaitable[
                     cost: SpeculationCost | None = None) -> AsyncIterator[dict[str, Any]]:
     """Stream the chosen candidate's chunks; `decide` yields the chosen model (a candidate's)."""
     cost = cost if cost is not None else SpeculationCost()
-    runners = {c.model: _Runner(client, c) for c in distinct(candidates)}
+    runners = {c.model: _Runner(client, c, cost) for c in distinct(candidates)}
     started = time.perf_counter()
     try:
         chosen = await decide
