@@ -142,8 +142,7 @@ def run(history: Any, options: TrainOptions, say: Any = print) -> dict[str, Any]
         log.event("trained", **report)
         (out / "metrics.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
         if not verdict["passed"]:
-            say(f"not deployed: {verdict['reason']}")
-            return report
+            return report  # the caller says why it was not deployed
         from mirador.learn.export import export_gguf_lora
         from mirador.runtime.gguf import read_header
 
