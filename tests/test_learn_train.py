@@ -150,3 +150,33 @@ def test_a_real_lora_run_lowers_the_loss_deploys_and_speaks_the_rated_style(tmp_
     assert [row["outcome"] for row in listed] == ["deployed"]
     state = json.loads(run_mirador(["train", "status", "--json"], home).stdout)
     assert state["current"]["model"] == "smollm2:135m-mirador" and state["previous"] is None
+
+
+def test_deploy_keeps_the_previous_adapter_and_rollback_restores_it(tmp_path, monkeypatch):
+    import httpx
+    from ggufwriter import write_smollm2_lora
+    from llamaproc import start_llama_server
+
+    from mirador.learn import pipeline
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MIRADOR_HOME", str(home))
+    first = write_smollm2_lora(tmp_path / "first.gguf", seed=1, scale=0.01)
+    second = write_smollm2_lora(tmp_path / "second.gguf", seed=2, scale=0.01)
+    server = start_llama_server(tmp_path, home=home)
+
+    def served_adapter() -> str:
+        show = httpx.post(f"{server.url}/api/show", json={"model": "smollm2:135m-mirador"}).json()
+        return next(line for line in show["modelfile"].splitlines() if line.startswith("ADAPTER "))[8:]
+
+    try:
+        pipeline.deploy(server.url, "smollm2:135m", first, "run1")
+        adapter_one = served_adapter()
+        pipeline.deploy(server.url, "smollm2:135m", second, "run2")
+        assert served_adapter() != adapter_one
+        back = pipeline.rollback(server.url)
+        assert back["stamp"] == "run1" and served_adapter() == adapter_one
+        state = pipeline.status()
+        assert state["current"]["stamp"] == "run1" and state["previous"]["stamp"] == "run2"
+    finally:
+        server.stop()
