@@ -11,7 +11,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from benchlib import MIRADOR, PYTHON, bench_env, interleaved, median_ms, print_table, scripted_server, time_to_first_byte
+from benchlib import (
+    MIRADOR,
+    PYTHON,
+    bench_env,
+    interleaved,
+    median_ms,
+    print_table,
+    scripted_server,
+    time_to_first_byte,
+)
 
 MINIMAL_CLIENT = """
 import json, sys, httpx
