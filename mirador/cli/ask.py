@@ -122,8 +122,8 @@ def run_ask(args: argparse.Namespace) -> int:
     renderer = _renderer(args)
     from mirador.stream.record import ExchangeRecorder
 
-    logging = settings.log_history and not args.no_log
-    meter = _energy_meter() if logging else None
+    log_exchange = settings.log_history and not args.no_log
+    meter = _energy_meter() if log_exchange else None
 
     recorder = ExchangeRecorder(prompt, system=args.system, options=options, conversation_id=conversation_id)
     interrupted = False
@@ -134,7 +134,7 @@ def run_ask(args: argparse.Namespace) -> int:
         interrupted = True
     renderer.close(interrupted)
     record = recorder.finish(interrupted)
-    if logging:
+    if log_exchange:
         from mirador.energy.accounting import account
 
         account(record, settings, meter)  # each stage's estimated (and measured) joules, for history
