@@ -21,8 +21,6 @@ from mirador.routing.schema import CapabilityMatrix, ModelSpec
 _LIBRARY_PREFIXES = ("registry.ollama.ai/library/", "library/")
 _EMBEDDING_FAMILIES = {"bert", "nomic-bert", "xlm-roberta", "jina-bert"}
 _EMBEDDING_NAMES = r"embed|minilm|\bbge\b|bge-|e5-|gte-|arctic-embed"
-# A tag's size in its name: llama3.1:8b, qwen2.5:0.5b-instruct, smollm2:135m, mixtral:8x7b.
-_SIZE_IN_NAME = r"(?:^|[:\-_])(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])(?![a-z])"
 
 
 class InstalledModel(NamedTuple):
@@ -131,19 +129,14 @@ def _inferred(name: str, details: dict[str, Any], size: int | None) -> Installed
 
 
 def parse_params(parameter_size: Any, name: str = "") -> float | None:
-    """Billions of parameters from "8.0B" / "135M", else from the tag ("llama3.1:8b")."""
-    if isinstance(parameter_size, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BMK])\s*", parameter_size.upper())
-        if match:
-            value = float(match.group(1))
-            return {"B": value, "M": value / 1000, "K": value / 1e6}[match.group(2)]
-    tag = name.rsplit(":", 1)[-1] if ":" in name else name
-    match = re.search(_SIZE_IN_NAME, tag) or re.search(_SIZE_IN_NAME, name)
-    if match:
-        experts = int(match.group(1)) if match.group(1) else 1
-        value = float(match.group(2)) * experts
-        return value if match.group(3) == "b" else value / 1000
-    return None
+    """Billions of parameters from "8.0B" / "135M", else from the tag ("llama3.1:8b").
+
+    One reading of model sizes for the whole program: the energy cost model's.
+    """
+    from mirador.energy.models import params_from_name, parse_parameter_size
+
+    from_server = parse_parameter_size(parameter_size)
+    return from_server if from_server is not None else params_from_name(name)
 
 
 # -- one /api/tags per command ------------------------------------------------------------------
