@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from mirador.errors import MiradorError
@@ -38,6 +39,7 @@ class TrainResult:
     valid_after: float = float("nan")  # held-out loss with the adapter
     stopped_early: str | None = None  # why training stopped before `iterations` (the time budget)
     samples: dict[str, str] = field(default_factory=dict)  # sanity prompt -> answer with the adapter
+    base_samples: dict[str, str] = field(default_factory=dict)  # the same prompts answered before training
 
     @property
     def tokens_per_s(self) -> float:
@@ -55,8 +57,14 @@ class Trainer(Protocol):
 
     def train(self, base_dir: Path, train: list[list[dict[str, str]]], valid: list[list[dict[str, str]]],
               out_dir: Path, hp: Hyperparams, *, deadline: float | None = None,
-              sanity_prompts: list[str] | None = None) -> TrainResult:
-        """Train a LoRA adapter on chat conversations; stop cleanly at `deadline` (time.monotonic())."""
+              sanity_prompts: list[str] | None = None, progress: Callable[[int, int, float, int], None] | None = None,
+              sample_base: bool = False) -> TrainResult:
+        """Train a LoRA adapter on chat conversations; stop cleanly at `deadline` (time.monotonic()).
+
+        `progress(step, total, loss, tokens_so_far)` is called after every optimizer step (see
+        mirador/learn/progress.py); with `sample_base` the sanity prompts are also answered by the
+        base model before training (TrainResult.base_samples, for the judge and the coherence check).
+        """
         ...
 
 

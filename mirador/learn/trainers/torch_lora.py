@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ class TorchLoraTrainer:
 
     def train(self, base_dir: Path, train: list[list[dict[str, str]]], valid: list[list[dict[str, str]]],
               out_dir: Path, hp: Hyperparams, *, deadline: float | None = None,
-              sanity_prompts: list[str] | None = None) -> TrainResult:
+              sanity_prompts: list[str] | None = None, progress: Callable[[int, int, float, int], None] | None = None,
+              sample_base: bool = False) -> TrainResult:
         require_torch()
         import torch
         from peft import LoraConfig, get_peft_model
@@ -92,6 +94,7 @@ class TorchLoraTrainer:
         valid_rows = [encode(tokenizer, m, hp.max_seq_len) for m in valid]
         model.to(device)
         valid_before = mean_loss(model, valid_rows, pad, device) if valid_rows else float("nan")
+        base_samples = {p: generate(model, tokenizer, p, device) for p in (sanity_prompts or [])} if sample_base else {}
 
         n_layers = model.config.num_hidden_layers
         layers = list(range(n_layers - hp.layers, n_layers)) if 0 < hp.layers < n_layers else None
@@ -123,6 +126,8 @@ class TorchLoraTrainer:
             optimizer.step()
             losses.append(loss.item())
             tokens += int(mask.sum())
+            if progress is not None:
+                progress(step + 1, hp.iterations, losses[-1], tokens)
         seconds = time.monotonic() - start
 
         valid_after = mean_loss(model, valid_rows, pad, device) if valid_rows else float("nan")
@@ -131,7 +136,7 @@ class TorchLoraTrainer:
         model.save_pretrained(str(adapter_dir))
         return TrainResult(adapter_dir=adapter_dir, steps=len(losses), train_tokens=tokens, seconds=seconds,
                            losses=losses, valid_before=valid_before, valid_after=valid_after, stopped_early=stopped,
-                           samples=samples)
+                           samples=samples, base_samples=base_samples)
 
 
 def generate(model: Any, tokenizer: Any, prompt: str, device: Any, max_new_tokens: int = 40) -> str:
