@@ -4,7 +4,14 @@ Rules, and why:
 - the latest rating counts (the user may have changed their mind), and only complete exchanges
   with a non-empty final answer qualify: a half answer teaches half answers;
 - duplicates go: the same prompt (whitespace and case folded) keeps its newest well-rated answer,
-  so a question asked ten times does not weigh ten times;
+  so a question asked ten times does not weigh ten times; near-duplicates too (the same question
+  in other words: cosine similarity of the local all-MiniLM-L6-v2 embeddings of the prompts at or
+  above NEAR_DUPLICATE), the newest kept; without the embedder only the text rule applies, and the
+  summary says so;
+- the system prompt is the one the answer was given under: the exchange's own (`ask --system`)
+  followed by the DNA fragment `ask` adds to an answering stage. History does not record the DNA
+  of the time, so the current DNA stands in for it; the summary counts the examples older than
+  the DNA file's last change (their DNA may have differed);
 - the split is by a hash of the prompt, not at random, so an example stays on its side from one
   nightly run to the next and the held-out loss compares like with like; the valid prompts are
   the held-out prompts validation scores on.
@@ -23,6 +30,7 @@ from typing import Any
 
 MIN_SCORE = 4
 VALID_EVERY = 10  # about one example in ten is held out
+NEAR_DUPLICATE = 0.85  # MiniLM cosine of two prompts at or above which they ask the same thing
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,11 @@ class Dataset:
     train: list[Example] = field(default_factory=list)
     valid: list[Example] = field(default_factory=list)
     rated: int = 0  # exchanges rated at all
-    duplicates: int = 0
+    duplicates: int = 0  # the same prompt as a newer example (text rule)
+    near_duplicates: int = 0  # the same question in other words as a newer example (embedding rule)
+    dedup: str = "text"  # how near-duplicates were found: "embedding:<model>" or "text (<why>)"
+    dna: str = "none"  # where the DNA part of the system prompts came from
+    dna_older: int = 0  # examples older than the DNA file's last change
 
     @property
     def size(self) -> int:
@@ -56,6 +68,8 @@ class Dataset:
         return {
             "examples": self.size, "train": len(self.train), "valid": len(self.valid),
             "rated": self.rated, "duplicates_dropped": self.duplicates,
+            "near_duplicates_dropped": self.near_duplicates, "dedup": self.dedup,
+            "dna": self.dna, "dna_changed_since": self.dna_older,
             "first": _date(min(stamps)) if stamps else None, "last": _date(max(stamps)) if stamps else None,
             "domains": dict(Counter(e.domain for e in every).most_common()),
         }
@@ -87,11 +101,18 @@ def is_valid_side(prompt: str) -> bool:
     return int(hashlib.sha256(_key(prompt).encode()).hexdigest()[:8], 16) % VALID_EVERY == 0
 
 
-def build_dataset(history: Any, min_score: int = MIN_SCORE, classify: bool = True) -> Dataset:
-    """Read every exchange of a HistoryStore once and keep the well-rated ones."""
+def build_dataset(history: Any, min_score: int = MIN_SCORE, classify: bool = True, *,
+                  embedder: Any = "local", threshold: float = NEAR_DUPLICATE,
+                  dna_system: str | None | bool = True) -> Dataset:
+    """Read every exchange of a HistoryStore once and keep the well-rated ones.
+
+    `embedder`: "local" (the default MiniLM), an Embedder, or None for the text rule only.
+    `dna_system`: True reads the user's DNA, a string is used as the DNA fragment, False/None: none.
+    """
     data = Dataset()
     newest: dict[str, Example] = {}
     domain_of = _domain_classifier() if classify else None
+    fragment, dna_mtime, data.dna = _dna_fragment(dna_system)
     for exchange in history.iter_exchanges():
         score = exchange.rating
         if score is None:
@@ -103,14 +124,73 @@ def build_dataset(history: Any, min_score: int = MIN_SCORE, classify: bool = Tru
         key = _key(exchange.prompt)
         if key in newest:
             data.duplicates += 1  # iter_exchanges goes oldest first: the later one wins
-        newest[key] = Example(exchange.id, exchange.created_at, exchange.prompt.strip(), answer, exchange.system,
+        system = "\n\n".join(part for part in (exchange.system, fragment) if part) or None
+        newest[key] = Example(exchange.id, exchange.created_at, exchange.prompt.strip(), answer, system,
                               domain_of(exchange.prompt) if domain_of else "unknown")
-    for example in sorted(newest.values(), key=lambda e: e.exchange_id):
+    kept = sorted(newest.values(), key=lambda e: e.exchange_id)
+    kept, data.near_duplicates, data.dedup = drop_near_duplicates(kept, embedder, threshold)
+    if fragment and dna_mtime is not None:
+        data.dna_older = sum(1 for e in kept if e.created_at < dna_mtime)
+    for example in kept:
         (data.valid if is_valid_side(example.prompt) else data.train).append(example)
     # A tiny history may hash nothing to the valid side: validation still needs a held-out prompt.
     if not data.valid and len(data.train) >= 2:
         data.valid.append(data.train.pop())
     return data
+
+
+def drop_near_duplicates(examples: list[Example], embedder: Any = "local",
+                         threshold: float = NEAR_DUPLICATE) -> tuple[list[Example], int, str]:
+    """(kept in their order, how many dropped, how found). Newest first: a later phrasing wins."""
+    if embedder is None or len(examples) < 2:
+        return examples, 0, "text" if embedder is None else _embedder_name(embedder)
+    try:
+        import numpy as np
+
+        if embedder == "local":
+            from mirador.memory.embed import LocalEmbedder
+
+            embedder = LocalEmbedder(threads=None)
+        newest_first = sorted(examples, key=lambda e: (e.created_at, e.exchange_id), reverse=True)
+        vectors = np.asarray(embedder.embed([e.prompt for e in newest_first]).vectors, dtype=np.float32)
+    except Exception as exc:  # no weights, no numpy, a broken install: the text rule still stands
+        reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        return examples, 0, f"text (the embedder is unavailable: {reason})"
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms > 0, norms, 1.0)
+    kept_rows: list[int] = []
+    dropped: set[int] = set()
+    for i in range(len(newest_first)):
+        if kept_rows and float((vectors[kept_rows] @ vectors[i]).max()) >= threshold:
+            dropped.add(newest_first[i].exchange_id)
+        else:
+            kept_rows.append(i)
+    kept = [e for e in examples if e.exchange_id not in dropped]
+    return kept, len(dropped), f"embedding:{_embedder_name(embedder)} cosine >= {threshold:g}"
+
+
+def _embedder_name(embedder: Any) -> str:
+    return str(getattr(embedder, "name", embedder))
+
+
+def _dna_fragment(dna_system: str | None | bool) -> tuple[str | None, float | None, str]:
+    """(the DNA part of an answering stage's system prompt, the DNA file's mtime, a description)."""
+    if isinstance(dna_system, str):
+        return dna_system or None, None, "given"
+    if not dna_system:
+        return None, None, "none"
+    try:
+        from mirador.config import paths
+        from mirador.dna.apply import fragment
+        from mirador.dna.store import load_for_ask, user_file
+
+        p = paths()
+        dna = load_for_ask(p)
+        if dna is None:
+            return None, None, "none (no DNA file: `mirador dna` creates one)"
+        return fragment(dna, "answer") or None, user_file(p).stat().st_mtime, "current DNA (history keeps no DNA)"
+    except Exception as exc:  # a broken DNA file is `mirador dna`'s to report; train without it
+        return None, None, f"none (the DNA file does not load: {getattr(exc, 'message', exc)})"
 
 
 def _domain_classifier() -> Any:
