@@ -71,13 +71,28 @@ class Trainer(Protocol):
 BACKENDS = ("torch", "mlx")
 
 
+def default_backend() -> str:
+    """mlx on Apple Silicon (unified memory, Metal), torch elsewhere (CPU or CUDA)."""
+    import platform
+
+    return "mlx" if platform.system() == "Darwin" and platform.machine() == "arm64" else "torch"
+
+
+def resolve_backend(name: str | None) -> str:
+    """`auto` (or nothing) is this machine's default; anything else is taken as given."""
+    return default_backend() if name in (None, "", "auto") else name
+
+
 def get_trainer(name: str) -> Trainer:
+    name = resolve_backend(name)
     if name == "torch":
         from mirador.learn.trainers.torch_lora import TorchLoraTrainer, require_torch
 
         require_torch()  # before minutes of dataset and conversion work, not after
         return TorchLoraTrainer()
     if name == "mlx":
-        raise MiradorError("the mlx backend is not available in this build",
-                           hint="use --backend torch (PEFT LoRA; Linux or macOS, CPU or CUDA)")
+        from mirador.learn.trainers.mlx_lora import MlxLoraTrainer, require_mlx
+
+        require_mlx()
+        return MlxLoraTrainer()
     raise MiradorError(f"unknown training backend '{name}'", hint=f"choose one of: {', '.join(BACKENDS)}")
