@@ -21,7 +21,8 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="show the dataset (counts, dates, domains) and stop")
     parser.add_argument("--base", default="smollm2:135m", help="the runtime model to train on (default: %(default)s)")
     parser.add_argument("--gguf", type=Path, help="the base model's GGUF file (default: from the runtime's store)")
-    parser.add_argument("--backend", default="torch", choices=("torch", "mlx"))
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "mlx"),
+                        help="auto (default): mlx on Apple Silicon, torch elsewhere")
     parser.add_argument("--min-examples", type=int, default=20, help="do nothing below this many (default: 20)")
     parser.add_argument("--max-minutes", type=float, default=60.0, help="training time budget (default: 60)")
     parser.add_argument("--margin", type=float, default=0.01,
