@@ -228,6 +228,8 @@ def _stream(settings: Any, request: Any, renderer: Any, recorder: Any, router: A
                 async for event in run_chain(client, request):
                     recorder.handle(event)
                     renderer.handle(event)
+                    if preloader is not None:
+                        preloader.observe(event)  # later stages read their prompt's start ahead (prefill.py)
                     if router is not None:
                         await router.on_event(event, request.stages)
                         if preloader is not None:  # a refined plan may name other models for stages 2..n
@@ -253,7 +255,7 @@ def _preloader(settings: Any, client: Any, request: Any, renderer: Any, profile:
         else:
             print(f"mirador: {text}", file=sys.stderr)
 
-    preloader = StagePreloader(client, request.keep_alive, settings, profile, note)
+    preloader = StagePreloader(client, request.keep_alive, settings, profile, note, request=request)
     preloader.ensure([s.model for s in request.stages])
     return preloader
 

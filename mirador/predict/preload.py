@@ -7,6 +7,8 @@ the server keeps at once (the stage-1 model counts) or than free memory holds
 (the stage-1 model's size is set aside first: it wins), and does nothing in the
 survival profile. A failure is never the user's problem: the stage simply
 loads its model the normal way, and a model deleted meanwhile is noted once.
+Once a later stage's model is loaded, it also reads the start of its stage's
+prompt ahead of time (mirador.predict.prefill; the `preload_prefix` setting).
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ class StagePreloader:
     """Preloads the later stages of one ask; `ensure` again when the router refines the plan."""
 
     def __init__(self, client: Any, keep_alive: Callable[[str], Any], settings: Any,
-                 profile: str | None = None, on_note: Callable[[str], None] | None = None):
+                 profile: str | None = None, on_note: Callable[[str], None] | None = None,
+                 request: Any = None):
+        """`request` (the ChainRequest) turns on the prefix warm-up of the stages whose models load."""
         self.client = client
         self.keep_alive = keep_alive
         self.settings = settings
@@ -112,6 +116,16 @@ class StagePreloader:
         self.notes: list[str] = []
         self._tasks: list[asyncio.Task] = []
         self._allowed: bool | None = None
+        self.warmer: Any = None
+        if request is not None and getattr(settings, "preload_prefix", True):
+            from mirador.predict.prefill import PrefixWarmer
+
+            self.warmer = PrefixWarmer(client, request, self.loaded.__contains__)
+
+    def observe(self, event: Any) -> None:
+        """Every event of the chain: the warm-ups follow the stages' text (cheap for a token)."""
+        if self.warmer is not None:
+            self.warmer.observe(event)
 
     def ensure(self, models: list[str]) -> None:
         """Start (in the background) preloading what stages 2..n need and was not asked for yet."""
@@ -147,6 +161,7 @@ class StagePreloader:
         choice = choose_preloads(first, wanted, loaded=loaded, sizes=sizes, free_bytes=free,
                                  max_loaded=max_loaded_models(self.settings))
         self.loaded.update(m for m in wanted if choice.skipped.get(m) == "already loaded")
+        self._pump()
         await asyncio.gather(*(self._preload(m) for m in choice.load))
 
     async def _size(self, model: str) -> int | None:
@@ -168,6 +183,11 @@ class StagePreloader:
             return  # the stage loads it the normal way and reports any real problem
         else:
             self.loaded.add(model)
+            self._pump()
+
+    def _pump(self) -> None:
+        if self.warmer is not None:
+            self.warmer.pump()
 
     def _note(self, text: str) -> None:
         if text in self.notes:
@@ -178,6 +198,8 @@ class StagePreloader:
 
     async def aclose(self) -> None:
         """Cancel what is still running (a short chain can end before its preloads)."""
+        if self.warmer is not None:
+            await self.warmer.aclose()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

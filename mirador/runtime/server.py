@@ -296,11 +296,14 @@ class OllamaServer:
             self._pumps.discard(pump)
         end = time.monotonic_ns()
         first = marks.get("first", end)
+        # Ollama's field, sent like Ollama only when the cache served part of the prompt.
+        cached = {"prompt_eval_cached_count": stats.prompt_eval_cached_count} if stats.prompt_eval_cached_count else {}
         return {
             "done_reason": stats.done_reason,
             "total_duration": end - started,
             "load_duration": lease.load_duration_ns,
             "prompt_eval_count": stats.prompt_eval_count,
+            **cached,
             "prompt_eval_duration": first - marks["start"],
             "eval_count": stats.eval_count,
             "eval_duration": end - first,

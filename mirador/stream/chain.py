@@ -82,6 +82,8 @@ class ChainRequest:
     # Compiles the context (distilled history, facts, constraints) for stages 2..n. It runs in a
     # thread beside stage 1 and replaces the raw history there; stage 1 never waits for it.
     context: Callable[[], str] | None = None
+    # The running compile, once run_chain started it: the prefix warm-up (predict/prefill.py) reads it.
+    compiled: asyncio.Future[str] | None = field(default=None, repr=False, compare=False)
 
 
 def _shape(request: ChainRequest, stage: Stage) -> tuple[str, dict[str, Any]]:
@@ -136,6 +138,7 @@ async def run_chain(client: OllamaClient, request: ChainRequest) -> AsyncIterato
         nonlocal context_task
         if context_task is None and request.context is not None and total > 1:
             context_task = asyncio.ensure_future(asyncio.to_thread(request.context))
+            request.compiled = context_task
             # A chain that ends before stage 2 never awaits it: retrieve its error so none is logged.
             context_task.add_done_callback(lambda task: task.cancelled() or task.exception())
 

@@ -97,6 +97,7 @@ class GenerationStats:
     """Filled in by the engine while it generates; read by the server for the last chunk."""
 
     prompt_eval_count: int = 0
+    prompt_eval_cached_count: int = 0  # of those, read from the KV cache (a shared prefix): not evaluated again
     eval_count: int = 0
     done_reason: str = "stop"  # "stop" or "length"
 

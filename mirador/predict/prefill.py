@@ -1,0 +1,176 @@
+"""Prefix warm-up: a later stage's model reads the start of its prompt before its stage begins.
+
+Once its model is loaded, a later stage's time to first token is mostly prompt
+reading: the system prompt, the question and the earlier stages' drafts
+(stream/chain.py puts the drafts after the fixed part). Ollama and the embedded
+runtime both keep a model's KV cache between requests and reuse the longest
+common token prefix of the next one. So while stage j streams, stage j+1's
+model (idle, already preloaded) is sent stage j+1's own messages with the
+drafts so far and `num_predict: 1`: it reads them now, beside stage j, and
+when stage j+1 really starts only the last few tokens are left to read.
+
+The prompt grows as stage j streams, so the warm-up is refreshed every
+REFRESH_TOKENS tokens; each refresh reads only what is new (the cache holds the
+rest). Rules, because a model answers one request at a time (NUM_PARALLEL=1):
+a model that is streaming a stage is never warmed; one warm-up per model at a
+time; the warm-up of stage n is cancelled (its stream closed: the server stops
+between prompt batches) the moment stage n starts. Every warm-up's messages are
+a prefix of what the stage will send, so even a warm-up the stage has to wait
+for reads nothing the stage would not read itself but the template's last few
+tokens. A model no longer loaded is not warmed (that would reload it behind the preloader's
+memory checks), and a failed warm-up is dropped silently: the stage reads its prompt itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirador.errors import MiradorError
+from mirador.stream.chain import stage_messages, stage_options
+from mirador.stream.events import Stage, StageFailed, StageFinished, StageStarted, TokenEvent
+
+# Tokens of the streaming stage between two warm-ups of the next stage: each warm-up also
+# re-reads the template's tail (end of turn, assistant header: ~5 tokens) and costs a round trip.
+REFRESH_TOKENS = 8
+
+
+@dataclass
+class WarmUp:
+    """One warm-up request, for the bench and tests."""
+
+    model: str
+    stage: int  # 1-based number of the stage it prepares
+    drafts: int  # finished drafts it included
+    tokens: int  # tokens of the streaming stage's partial draft it included
+    final: dict[str, Any] = field(default_factory=dict)  # the server's last chunk (its stats)
+    cancelled: bool = False
+
+
+class PrefixWarmer:
+    """Fed with the chain's events (`observe`); warms the later stages' models that `ready` says are loaded."""
+
+    def __init__(self, client: Any, request: Any, ready: Callable[[str], bool]):
+        self.client = client
+        self.request = request  # the ChainRequest: its stages may be re-planned while stage 1 streams
+        self.ready = ready
+        self.sent: list[WarmUp] = []
+        self._current = 0  # the stage streaming now (1-based); 0 before stage 1
+        self._earlier: list[tuple[Stage, str]] = []  # finished stages, as run_chain keeps them
+        self._parts: list[str] = []  # the streaming stage's text so far
+        self._last: dict[int, tuple[int, int]] = {}  # stage -> (drafts, tokens) at its last warm-up
+        self._inflight: dict[str, tuple[int, asyncio.Task[None]]] = {}  # model -> (stage, task)
+        self._failed: set[str] = set()
+        self._closed = False
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def observe(self, event: Any) -> None:
+        """Called for every event of the chain, on its loop; cheap for a token (a list append)."""
+        if isinstance(event, TokenEvent):
+            self._parts.append(event.token)
+        elif isinstance(event, StageStarted):
+            self._current = event.stage
+            self._parts = []
+            running = self._inflight.get(event.model)
+            if running is not None:
+                running[1].cancel()  # the stage's own request must not queue behind its warm-up
+        elif isinstance(event, StageFinished):
+            stages = self.request.stages
+            if 0 < event.stage <= len(stages):
+                self._earlier.append((stages[event.stage - 1], event.text))
+            self._parts = []
+        elif isinstance(event, StageFailed):
+            self._parts = []  # run_chain drops a failed stage's text from the later prompts
+        else:
+            return
+        self.pump()
+
+    def pump(self) -> None:
+        """Send the warm-ups that are due: the next stage's every REFRESH_TOKENS tokens, the others
+        once per finished draft. Called on events and when a preload or a warm-up completes."""
+        if self._closed:
+            return
+        stages = list(self.request.stages)
+        busy = stages[self._current - 1].model if 0 < self._current <= len(stages) else None
+        seen: set[str] = set()
+        for number in range(max(2, self._current + 1), len(stages) + 1):
+            model = stages[number - 1].model
+            if model in seen:
+                continue  # the nearest stage on this model is the one to prepare
+            seen.add(model)
+            if model == busy or model in self._failed or model in self._inflight or not self.ready(model):
+                continue
+            state = (len(self._earlier), len(self._parts))
+            last = self._last.get(number)
+            nearest = number == self._current + 1
+            if last is not None and last[0] == state[0] and (not nearest or state[1] - last[1] < REFRESH_TOKENS):
+                continue
+            context = self._context()
+            if context is False:
+                return  # the compiled context is not ready: the system prompt is not known yet
+            self._send(number, stages[number - 1], state, context)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _context(self) -> str | None | bool:
+        """The compiled context stages 2..n get (None: raw history), or False while it compiles."""
+        if self.request.context is None:
+            return None
+        task = getattr(self.request, "compiled", None)
+        if task is None or not task.done():
+            return False
+        if task.cancelled() or task.exception() is not None:
+            return None  # run_chain falls back to the raw history then
+        return task.result()
+
+    def _send(self, number: int, stage: Stage, state: tuple[int, int], context: str | None) -> None:
+        earlier = list(self._earlier)
+        partial = "".join(self._parts)
+        if partial.strip() and 0 < self._current <= len(self.request.stages):
+            earlier.append((self.request.stages[self._current - 1], partial))
+        messages = stage_messages(self.request, stage, earlier, context)
+        options = {**stage_options(self.request, stage), "num_predict": 1}
+        record = WarmUp(stage.model, number, state[0], state[1])
+        self.sent.append(record)
+        self._last[number] = state
+        task = asyncio.create_task(self._warm(record, messages, options))
+        self._inflight[stage.model] = (number, task)
+        task.add_done_callback(lambda t, model=stage.model: self._done(model, t))
+
+    async def _warm(self, record: WarmUp, messages: list[dict[str, Any]], options: dict[str, Any]) -> None:
+        try:
+            # Only a model still loaded: one the server let go (memory pressure, another client) is
+            # left to its stage's normal load, never reloaded behind the preloader's memory checks.
+            if record.model not in {str(m.get("name") or m.get("model")) for m in await self.client.ps()}:
+                self._failed.add(record.model)
+                record.cancelled = True
+                return
+            async for chunk in self.client.chat(record.model, messages, options=options,
+                                                keep_alive=self.request.keep_alive(record.model)):
+                if chunk.get("done"):
+                    record.final = chunk
+        except asyncio.CancelledError:
+            record.cancelled = True
+            raise
+        except MiradorError:
+            self._failed.add(record.model)  # the stage reads its whole prompt itself, and says what is wrong
+
+    def _done(self, model: str, task: asyncio.Task[None]) -> None:
+        if self._inflight.get(model, (0, None))[1] is task:
+            del self._inflight[model]
+        if not task.cancelled():
+            task.exception()  # retrieved: a warm-up's failure is never logged as unhandled
+        self.pump()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        tasks = [task for _, task in self._inflight.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
