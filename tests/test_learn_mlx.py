@@ -32,6 +32,8 @@ def tiny_llama(tmp_path_factory) -> Path:
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    from mirador.learn.gguf_convert import _save
+
     folder = tmp_path_factory.mktemp("tiny-llama")
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -52,7 +54,7 @@ def tiny_llama(tmp_path_factory) -> Path:
         bos_token_id=None)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(folder)
+    _save(model, folder)  # as gguf_convert writes a converted GGUF: the tied embedding once, maybe as lm_head
     return folder
 
 

@@ -67,18 +67,41 @@ def _rope_config(base_dir: Path) -> dict[str, Any]:
     return extra
 
 
+def _model_classes(config: dict[str, Any]) -> tuple[Any, Any]:
+    """mlx-lm's model class, taking a tied embedding from `lm_head.weight` too: the converted folder keeps
+    tied tensors once (safetensors' save_model) and may keep them under that name, where mlx-lm's llama
+    expects `model.embed_tokens.weight` and drops lm_head."""
+    from mlx_lm.utils import _get_classes
+
+    model_class, args_class = _get_classes(config)
+
+    class TiedFromHead(model_class):  # type: ignore[misc, valid-type]
+        def sanitize(self, weights: dict[str, Any]) -> dict[str, Any]:
+            if config.get("tie_word_embeddings", True) and "lm_head.weight" in weights:
+                weights.setdefault("model.embed_tokens.weight", weights["lm_head.weight"])
+            return super().sanitize(weights) if hasattr(super(), "sanitize") else weights
+
+    return TiedFromHead, args_class
+
+
 def load_base(base_dir: Path, adapter_dir: Path | None = None) -> tuple[Any, Any]:
     """(model, mlx-lm TokenizerWrapper) from a converted folder, with an MLX adapter if given."""
     from mirador.learn.gguf_convert import _offline
 
     _offline()
-    from mlx_lm.utils import load
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import load_model, load_tokenizer
 
     try:
-        return load(str(base_dir), adapter_path=str(adapter_dir) if adapter_dir else None,
-                    model_config=_rope_config(base_dir))
+        model, config = load_model(Path(base_dir), model_config=_rope_config(Path(base_dir)),
+                                   get_model_classes=_model_classes)
+        if adapter_dir is not None:
+            load_adapters(model, str(adapter_dir))
+            model.eval()
+        tokenizer = load_tokenizer(Path(base_dir), eos_token_ids=config.get("eos_token_id"))
     except (ValueError, OSError, KeyError) as exc:
         raise MiradorError(f"mlx-lm cannot load {base_dir}: {exc}") from None
+    return model, tokenizer
 
 
 def add_lora(model: Any, hp: Hyperparams) -> dict[str, Any]:
