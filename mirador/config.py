@@ -231,6 +231,8 @@ SETTINGS: dict[str, Setting] = {
     "preload_max_loaded": Setting(0, _as_number(0, 64, "3"),
                                   "models the server keeps loaded at once (0: OLLAMA_MAX_LOADED_MODELS, else 3)",
                                   env="MIRADOR_PRELOAD_MAX_LOADED"),
+    "speculate": Setting(True, _as_bool, "when the router is unsure, start its top interpretations together "
+                         "(ask --no-speculate for once)", env="MIRADOR_SPECULATE"),
     "speculate_margin": Setting(0.15, _as_number(0, 1, "0.15"),
                                 "below this margin between the router's top interpretations, start them together"),
     "speculate_battery_below": Setting(50.0, _as_number(0, 100, "50"),

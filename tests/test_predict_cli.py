@@ -122,6 +122,9 @@ def test_shell_hook_starts_the_preload_in_the_background(server_factory, tmp_pat
 
 def test_history_latency_summarises_preload_hits_by_stage(server_factory, tmp_path):
     slow = {name: {"text": "x y z", "load_time": 0.4} for name in ("a:1b", "b:3b", "c:8b")}
+    # Stage 1 streams long enough for the preloads to finish: a stage that starts while its model's
+    # preload is still loading waits for it, and history records that as no hit (schema 3).
+    slow["a:1b"]["rate"] = 5
     server = server_factory(slow)
     for _ in range(2):
         assert run_mirador(["ask", "--chain", "a:1b,b:3b,c:8b", "why?"], tmp_path, server.host).returncode == 0

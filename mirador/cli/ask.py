@@ -35,6 +35,8 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dna", action="store_true", help="do not apply your DNA (mirador dna show) this once")
     parser.add_argument("--profile", choices=("auto", "survival", "balanced", "performance"),
                         help="energy profile for the planner's choice (default: the setting, else the power state)")
+    parser.add_argument("--no-speculate", action="store_true",
+                        help="when the router is unsure, do not start its top interpretations together")
     parser.set_defaults(run=run_ask)
 
 
@@ -127,13 +129,16 @@ def run_ask(args: argparse.Namespace) -> int:
 
     recorder = ExchangeRecorder(prompt, system=args.system, options=options, conversation_id=conversation_id)
     interrupted = False
+    watch = _Watch(speculate=settings.speculate and not args.no_speculate)
     try:
         _stream(settings, request, renderer, recorder, router,
-                lambda models: _context(prompt, earlier_turns, dna, settings, models), profile=args.profile)
+                lambda models: _context(prompt, earlier_turns, dna, settings, models), profile=args.profile,
+                watch=watch)
     except KeyboardInterrupt:
         interrupted = True
     renderer.close(interrupted)
     record = recorder.finish(interrupted)
+    watch.annotate(record, settings)
     if log_exchange:
         from mirador.energy.accounting import account
 
@@ -209,23 +214,61 @@ def _energy_meter() -> Any:
     return EnergyMeter.start()
 
 
+class _Watch:
+    """What `ask` observes beside the events: each stage's preload state when it started, and the
+    speculation, if any; both go into the history record (schema 3)."""
+
+    def __init__(self, speculate: bool):
+        from mirador.predict.latency import StageObserver
+
+        self.speculate = speculate
+        self.stages = StageObserver()
+        self.speculation: Any = None
+
+    def annotate(self, record: Any, settings: Any) -> None:
+        self.stages.annotate(record)
+        spec = self.speculation
+        if spec is None or spec.winner_model is None:
+            return
+        record.speculation = spec.record(settings)
+        if record.stages and record.stages[0].model == spec.winner_model:
+            # The executor timed stage 1 from when it adopted the stream: the request left earlier.
+            ttft, before = spec.first_stage_timing()
+            first = record.stages[0]
+            first.ttft_ms = ttft
+            if first.total_ms is not None:
+                first.total_ms += before
+
+
 def _stream(settings: Any, request: Any, renderer: Any, recorder: Any, router: Any = None,
-            context_for: Any = None, profile: str | None = None) -> None:
+            context_for: Any = None, profile: str | None = None, watch: _Watch | None = None) -> None:
     import asyncio
 
     from mirador.runtime.client import OllamaClient
     from mirador.stream.chain import run_chain
+    from mirador.stream.events import StageStarted
 
     async def main() -> None:
         async with OllamaClient(settings.host, connect_timeout=settings.connect_timeout) as client:
+            chain_client: Any = client
+            spec = None
             if router is not None:  # the plan needs /api/tags: it is made on this loop, with this client
                 request.stages = await router.first_stages(client)
+                spec = await _speculate(settings, client, request, router, profile, watch)
+                if spec is not None:
+                    chain_client = spec.client  # stage 1 continues the winner's stream
                 request.context = router.serial_with(context_for([s.model for s in request.stages]))
                 if hasattr(renderer, "note"):
                     renderer.note(router.summary())
+                    if spec is not None:
+                        from mirador.predict.ask_speculation import summary
+
+                        renderer.note(summary(spec))
             preloader = _preloader(settings, client, request, renderer, profile)
             try:
-                async for event in run_chain(client, request):
+                async for event in run_chain(chain_client, request):
+                    if watch is not None and isinstance(event, StageStarted):
+                        watch.stages.started(event.stage, event.model, preloader)
                     recorder.handle(event)
                     renderer.handle(event)
                     if preloader is not None:
@@ -235,12 +278,26 @@ def _stream(settings: Any, request: Any, renderer: Any, recorder: Any, router: A
                         if preloader is not None:  # a refined plan may name other models for stages 2..n
                             preloader.ensure([s.model for s in request.stages])
             finally:
+                if spec is not None:
+                    await spec.aclose()
                 if preloader is not None:
                     await preloader.aclose()
                 if router is not None:
                     await router.aclose()
 
     asyncio.run(main())
+
+
+async def _speculate(settings: Any, client: Any, request: Any, router: Any, profile: str | None,
+                     watch: _Watch | None) -> Any:
+    """Start the router's close interpretations together (mirador.predict.ask_speculation); the
+    common case, a clear margin, returns at once without importing anything."""
+    if watch is None or not watch.speculate or router.margin >= float(settings.speculate_margin):
+        return None
+    from mirador.predict.ask_speculation import start
+
+    watch.speculation = await start(client, request, router, settings, profile, enabled=True)
+    return watch.speculation
 
 
 def _preloader(settings: Any, client: Any, request: Any, renderer: Any, profile: str | None) -> Any:

@@ -219,7 +219,10 @@ def _stage_title(stage: Any, total: int) -> str:
 def _stage_facts(stage: Any) -> list[str]:
     """Timings and outcome of one stage, only those the server reported."""
     facts = []
-    for label, value in (("first token", stage.ttft_ms), ("load", stage.load_ms), ("total", stage.total_ms)):
+    if stage.preload_hit is not None:
+        facts.append("model was loaded" if stage.preload_hit else "model was not loaded")
+    for label, value in (("waited", stage.wait_ms), ("first token", stage.ttft_ms), ("load", stage.load_ms),
+                         ("total", stage.total_ms)):
         if value is not None:
             facts.append(f"{label} {_duration(value)}")
     if stage.prompt_eval_count is not None:
@@ -237,6 +240,20 @@ def _stage_facts(stage: Any) -> list[str]:
     if stage.interrupted:
         facts.append("INTERRUPTED")
     return facts
+
+
+def _speculation_lines(spec: Any) -> list[str]:
+    """The competing first stages of one exchange, the winner, and what the losers cost."""
+    margin = "" if spec.margin is None else f" (margin {spec.margin:.2f})"
+    decided = f" by {spec.decided_by}" if spec.decided_by else ""
+    after = "" if spec.decide_ms is None else f" after {_duration(spec.decide_ms)}"
+    lines = [f"{len(spec.candidates)} first stages started together{margin}; {spec.winner} chosen{decided}{after}"]
+    for c in spec.candidates:
+        domain = f" ({c.domain}{'' if c.probability is None else f', {c.probability:.2f}'})" if c.domain else ""
+        lines.append(f"  {c.model}{domain}: {c.outcome}, {c.tokens} tokens")
+    energy = "" if spec.wasted_energy_j is None else f", ~{spec.wasted_energy_j:.1f} J"
+    lines.append(f"  wasted: {spec.wasted_tokens} tokens, {spec.wasted_seconds:.1f} s{energy}")
+    return lines
 
 
 def _rating_line(rating: Any) -> str:
@@ -262,6 +279,10 @@ def _print_plain_exchange(exchange: Any) -> None:
             print(_clean(stage.text))
     if not exchange.stages:
         print("\n(no stage ran)")
+    if exchange.speculation is not None:
+        print("\nspeculation:")
+        for line in _speculation_lines(exchange.speculation):
+            print(f"  {_clean(line)}")
     if exchange.ratings:
         print("\nratings:")
         for rating in exchange.ratings:
@@ -292,6 +313,10 @@ def _print_rich_exchange(exchange: Any) -> None:
             console.print(Text(stage.text))
     if not exchange.stages:
         console.print(Text("(no stage ran)", style="dim"))
+    if exchange.speculation is not None:
+        console.print(Text("\nspeculation", style="bold cyan"))
+        for line in _speculation_lines(exchange.speculation):
+            console.print(Text(f"  {line}"))
     if exchange.ratings:
         console.print(Text("\nratings", style="bold cyan"))
         for rating in exchange.ratings:

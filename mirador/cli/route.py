@@ -37,8 +37,9 @@ def run_route(args: argparse.Namespace) -> int:
         installed = [m.strip() for m in args.installed.split(",") if m.strip()]
         if not installed:
             raise UsageError("--installed names no model", hint="--installed llama3.2:1b,phi3:mini")
-    routed, fast, timings = _route(settings, prompt, installed, refine=not args.fast, profile=args.profile)
+    routed, fast, timings, extra = _route(settings, prompt, installed, refine=not args.fast, profile=args.profile)
     report = plan_dict(routed, fast, timings)
+    report["speculation"] = _speculation(settings, prompt, fast, routed, extra, args.profile)
     if args.json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
     elif args.explain:
@@ -49,7 +50,7 @@ def run_route(args: argparse.Namespace) -> int:
 
 
 def _route(settings: Any, prompt: str, installed_names: list[str] | None, refine: bool, profile: str | None = None
-           ) -> tuple[Any, Any, dict[str, float]]:
+           ) -> tuple[Any, Any, dict[str, float], tuple[Any, Any]]:
     import asyncio
 
     from mirador.energy.profiles import energy_constraint
@@ -62,7 +63,7 @@ def _route(settings: Any, prompt: str, installed_names: list[str] | None, refine
     timings: dict[str, float] = {}
     started = time.perf_counter()
     constraints = PlanConstraints(energy=energy_constraint(profile, settings),
-                                  quality=_learned(settings, prompt, refine))
+                                  quality=_learned(settings, prompt, refine), personalized=settings.personalized)
     timings["energy"] = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
     matrix = load_matrix(settings.paths)
@@ -92,7 +93,23 @@ def _route(settings: Any, prompt: str, installed_names: list[str] | None, refine
 
         analysis, routed = call_server(settings, work)
     timings["planner"] = routed.elapsed_ms
-    return routed, fast, timings
+    return routed, fast, timings, (matrix, constraints)
+
+
+def _speculation(settings: Any, prompt: str, fast: Any, routed: Any, extra: tuple[Any, Any],
+                 profile: str | None) -> dict[str, Any]:
+    """What `ask` would do with this query's first stage: the fast path's top interpretations and
+    whether they would start together (mirador.predict.speculative)."""
+    from mirador.predict.ask_speculation import choose
+    from mirador.routing.interpret import describe, interpretations, top_margin
+
+    matrix, constraints = extra
+    found = interpretations(prompt, fast, matrix, routed.installed, constraints)
+    margin = top_margin(fast.scores)
+    chosen, why_not = choose(margin, lambda: found, settings, profile, bool(settings.speculate))
+    return {"margin": margin, "threshold": settings.speculate_margin, "interpretations": describe(found),
+            "would_speculate": why_not is None, "models": [i.first_model for i in chosen] if why_not is None else [],
+            "why_not": why_not}
 
 
 def _learned(settings: Any, prompt: str, local: bool) -> Any:
@@ -185,6 +202,20 @@ def _print_explained(report: dict[str, Any], prompt: str) -> None:
         what = m["matrix_model"] or ("strengths inferred: " + ", ".join(m["strengths"]))
         kind = "" if m["kind"] == "chat" else f" ({m['kind']}, not a chat model)"
         print(f"  {m['name']:<28} {what}{kind}")
+    _print_speculation(report["speculation"])
     t = report["timings_ms"]
     parts = [f"{k.replace('_', ' ')} {v:.2f} ms" for k, v in t.items()]
     print("\ntimings: " + ", ".join(parts))
+
+
+def _print_speculation(spec: dict[str, Any]) -> None:
+    print(f"\ninterpretations (fast path; margin between the best two {spec['margin']:.2f}, "
+          f"speculation below {spec['threshold']:.2f}):")
+    for i in spec["interpretations"]:
+        print(f"  {i['domain']:<20} {i['probability']:.2f}  stage 1 on {i['stage1_model']:<22} "
+              f"chain {' → '.join(i['chain'])}")
+    if spec["would_speculate"]:
+        print(f"→ ask would start {len(spec['models'])} first stages together ({', '.join(spec['models'])}); "
+              "the refined classifier keeps one, the others are cancelled")
+    else:
+        print(f"→ ask would not speculate: {spec['why_not']}")

@@ -20,6 +20,7 @@ from mirador.errors import MiradorError
 
 if TYPE_CHECKING:  # imported for real in first_stages, while /api/tags is on its way
     from mirador.routing.classify import QueryAnalysis
+    from mirador.routing.interpret import Interpretation
     from mirador.routing.planner import Plan, PlanConstraints
     from mirador.routing.schema import CapabilityMatrix
 
@@ -29,6 +30,8 @@ REFINE_BELOW = 0.85
 REFINE_WAIT_S = 1.5
 # The longest the refinement waits for the context compiler's thread before starting anyway.
 CONTEXT_WAIT_S = 5.0
+# While speculating nothing is shown until the refined decision: past this, the fast path's choice wins.
+DECIDE_WAIT_S = 3.0
 
 
 def to_stages(matrix: CapabilityMatrix, routed: Plan, purposes: list[str] | None = None) -> list[Any]:
@@ -86,6 +89,9 @@ class LiveRouter:
         self._refine_with: Any = None  # the client, while a refinement is wanted and not yet started
         self._context_done: threading.Event | None = None
         self._task: asyncio.Task[Plan | None] | None = None
+        self.analysis: QueryAnalysis | None = None  # the fast path's
+        self._interpretations: list[Interpretation] | None = None
+        self.decided_by: str | None = None  # set when a speculation's refined decision chose the plan
 
     async def first_stages(self, client: Any) -> list[Any]:
         from mirador.routing.installed import fetch_tags, installed_models
@@ -111,6 +117,7 @@ class LiveRouter:
             with contextlib.suppress(BaseException):
                 await tags
             raise
+        self.analysis = analysis
         self.quick = plan(analysis, self.matrix, installed_models(self.matrix, fetched), self.constraints)
         self._refine_with = client if len(self.quick.choices) > 1 and self._worth_refining(analysis) else None
         return to_stages(self.matrix, self.quick)
@@ -119,10 +126,49 @@ class LiveRouter:
     def _worth_refining(analysis: QueryAnalysis) -> bool:
         return analysis.fell_back or analysis.confidence < REFINE_BELOW
 
-    async def _refine(self, client: Any) -> Plan | None:
-        from mirador.routing.planner import plan
+    # -- the top interpretations, for speculative first stages (mirador.predict.speculative) ----------
 
-        if self.matrix is None or self.quick is None or self.constraints is None:
+    @property
+    def margin(self) -> float:
+        """Normalised margin between the fast path's two most probable domains (1.0 before planning)."""
+        from mirador.routing.interpret import top_margin
+
+        return top_margin(self.analysis.scores) if self.analysis is not None else 1.0
+
+    def interpretations(self) -> list[Interpretation]:
+        """The routed plan first, then the next most probable domains' plans (computed once, on demand)."""
+        if self._interpretations is None:
+            from mirador.routing.interpret import interpretations
+
+            if self.analysis is None or self.matrix is None or self.quick is None:
+                return []
+            self._interpretations = interpretations(self.query, self.analysis, self.matrix, self.quick.installed,
+                                                    self.constraints, self.quick)
+        return self._interpretations
+
+    async def decide(self, client: Any, among: list[Interpretation]) -> tuple[Interpretation, str]:
+        """The refined decision among speculated interpretations: (winner, what decided it). The
+        embedding classifier's domain if it is one of them, else the one it scores highest; the
+        routed (first) one when the embedding is unavailable or slower than DECIDE_WAIT_S."""
+        try:
+            analysis = await asyncio.wait_for(self._refined_analysis(client, wait_for_context=False), DECIDE_WAIT_S)
+        except TimeoutError:
+            return among[0], f"fast path (the refined decision took over {DECIDE_WAIT_S:g} s)"
+        if analysis is None:
+            return among[0], "fast path (no embedding available)"
+        ranked = sorted(among, key=lambda i: (i.domain != analysis.domain, -analysis.scores.get(i.domain, 0.0)))
+        return ranked[0], analysis.path
+
+    def adopt(self, winner: Interpretation, decided_by: str) -> list[Any]:
+        """The speculation chose `winner`: its plan is the chain now, and it was refined already."""
+        assert self.matrix is not None
+        self.quick = winner.plan
+        self._refine_with = None
+        self.decided_by = decided_by
+        return to_stages(self.matrix, winner.plan)
+
+    async def _refined_analysis(self, client: Any, wait_for_context: bool = True) -> QueryAnalysis | None:
+        if self.matrix is None:
             return None
         embedder = embedder_for(self.settings, client)
         if embedder is None:
@@ -131,14 +177,22 @@ class LiveRouter:
             # Imports and weights load in a thread: on the loop they would stall stage 1's stream.
             # After the context compiler's thread, never beside it: two threads importing numpy at
             # once can leave one of them with a half-initialised module.
-            await _until(self._context_done, CONTEXT_WAIT_S)
+            if wait_for_context:
+                await _until(self._context_done, CONTEXT_WAIT_S)
             await asyncio.to_thread(_warm, embedder)
             from mirador.routing.classify_embed import classify_refined
 
-            analysis = await classify_refined(self.query, self.matrix, embedder, self.settings.paths)
+            return await classify_refined(self.query, self.matrix, embedder, self.settings.paths)
         except (MiradorError, ImportError, OSError, ValueError):
             return None  # the quick plan stands; routing must never cost the answer
-        if analysis.domain == self.quick.domain:
+
+    async def _refine(self, client: Any) -> Plan | None:
+        from mirador.routing.planner import plan
+
+        if self.matrix is None or self.quick is None or self.constraints is None:
+            return None
+        analysis = await self._refined_analysis(client)
+        if analysis is None or analysis.domain == self.quick.domain:
             return None
         first = self.quick.choices[0].model
         reserved = self.constraints.reserved | {first}

@@ -32,6 +32,9 @@ class StageStats:
     eval_ms: float | None = None
     tokens_per_s: float | None = None
     done_reason: str | None = None
+    # What the request waited on the server before its model began reading the prompt: the queue
+    # behind other requests plus the load (total - prompt evaluation - generation; else load_ms).
+    wait_ms: float | None = None
 
     @classmethod
     def from_final_chunk(cls, chunk: dict[str, Any], ttft_ms: float | None, total_ms: float) -> StageStats:
@@ -42,6 +45,8 @@ class StageStats:
         eval_count = chunk.get("eval_count")
         eval_ns = chunk.get("eval_duration")
         rate = eval_count / eval_ns * 1e9 if eval_count and eval_ns else None
+        total, prompt_ms, eval_ms = ms("total_duration"), ms("prompt_eval_duration"), ms("eval_duration")
+        wait = max(0.0, total - prompt_ms - eval_ms) if None not in (total, prompt_ms, eval_ms) else ms("load_duration")
         return cls(
             ttft_ms=ttft_ms,
             total_ms=total_ms,
@@ -51,6 +56,7 @@ class StageStats:
             eval_ms=ms("eval_duration"),
             tokens_per_s=rate,
             done_reason=chunk.get("done_reason"),
+            wait_ms=wait,
         )
 
 
