@@ -88,8 +88,12 @@ def test_mlx_lora_lowers_the_loss_and_the_adapter_round_trips(tiny_llama, tmp_pa
 
     train, valid = [chat(t) for t in TOPICS[:-2]], [chat(t) for t in TOPICS[-2:]]
     hp = hyper(layers=1, lr=2e-2, iterations=20)  # LoRA on the last block only: the export keeps its number
-    result = get_trainer("mlx").train(tiny_llama, train, valid, tmp_path, hp, sanity_prompts=["Tell me about rivers."])
+    calls: list[tuple[int, int, float, int]] = []
+    result = get_trainer("mlx").train(tiny_llama, train, valid, tmp_path, hp, sanity_prompts=["Tell me about rivers."],
+                                      progress=lambda *args: calls.append(args), sample_base=True)
     losses = result.losses
+    assert [c[0] for c in calls] == list(range(1, 21)) and calls[-1][1] == 20 and calls[-1][3] == result.train_tokens
+    assert [c[2] for c in calls] == losses and list(result.base_samples) == ["Tell me about rivers."]
     assert result.steps == 20 and result.train_tokens > 0 and result.tokens_per_s > 0
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.7, losses  # the training loss falls
     assert result.valid_after < result.valid_before, (result.valid_before, result.valid_after)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,8 @@ class MlxLoraTrainer:
 
     def train(self, base_dir: Path, train: list[list[dict[str, str]]], valid: list[list[dict[str, str]]],
               out_dir: Path, hp: Hyperparams, *, deadline: float | None = None,
-              sanity_prompts: list[str] | None = None) -> TrainResult:
+              sanity_prompts: list[str] | None = None, progress: Callable[[int, int, float, int], None] | None = None,
+              sample_base: bool = False) -> TrainResult:
         require_mlx()
         import mlx.core as mx
         import mlx.nn as nn
@@ -203,6 +205,7 @@ class MlxLoraTrainer:
         train_rows = [encode(hf_tokenizer, m, hp.max_seq_len) for m in train]
         valid_rows = [encode(hf_tokenizer, m, hp.max_seq_len) for m in valid]
         valid_before = mean_loss(model, valid_rows) if valid_rows else float("nan")
+        base_samples = {p: generate(model, tokenizer, p) for p in (sanity_prompts or [])} if sample_base else {}
 
         config = add_lora(model, hp)
         # torch.optim.AdamW's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01) are mlx's too, but
@@ -232,6 +235,8 @@ class MlxLoraTrainer:
             mx.eval(loss, model.trainable_parameters(), optimizer.state)
             losses.append(float(loss))
             tokens += sum(len(row_ids) for row_ids, _ in batch)
+            if progress is not None:
+                progress(step + 1, hp.iterations, losses[-1], tokens)
         seconds = time.monotonic() - start
 
         model.eval()
@@ -241,4 +246,4 @@ class MlxLoraTrainer:
         adapter_dir = save_adapter(model, config, out_dir / "mlx")
         return TrainResult(adapter_dir=adapter_dir, steps=len(losses), train_tokens=tokens, seconds=seconds,
                            losses=losses, valid_before=valid_before, valid_after=valid_after, stopped_early=stopped,
-                           samples=samples)
+                           samples=samples, base_samples=base_samples)
