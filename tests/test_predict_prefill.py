@@ -18,10 +18,10 @@ from mirador.stream.events import StageFailed, StageFinished, StageStarted
 
 
 def models(first_rate: float = 40, later_ttft: float = 0.0) -> dict:
-    # Stage 1 streams for about a second: time for the later stages' loads and warm-ups beside it.
+    # Stages 1 and 2 stream for about a second each: time for the next stage's load and warm-ups beside it.
     return {
         "a:1b": {"text": " ".join(["word"] * 40), "rate": first_rate},
-        "b:3b": {"text": "analysis of the question", "load_time": 0.2, "ttft": later_ttft},
+        "b:3b": {"text": " ".join(["analysis"] * 30), "load_time": 0.2, "ttft": later_ttft, "rate": first_rate},
         "c:8b": {"text": "the final synthesis", "load_time": 0.2, "ttft": later_ttft},
     }
 
@@ -147,7 +147,7 @@ def test_on_the_embedded_runtime_a_warmed_stage_reads_only_the_end_of_its_prompt
     chain = ["smollm2:135m", "smol-b:135m", "smol-c:135m"]
     _unload_all(llama_server.url)
     settings = _settings(tmp_path / "home", monkeypatch, prefix)
-    events, finals, preloader = asyncio.run(_ask(llama_server.url, chain, settings, 16))
+    events, finals, preloader = asyncio.run(_ask(llama_server.url, chain, settings, 32))
     assert not [e for e in events if isinstance(e, StageFailed)]
     assert [e.model for e in events if isinstance(e, StageStarted)] == chain
     assert all(e.text.strip() for e in events if isinstance(e, StageFinished))
@@ -157,7 +157,7 @@ def test_on_the_embedded_runtime_a_warmed_stage_reads_only_the_end_of_its_prompt
         total, cached = stage[model]["prompt_eval_count"], stage[model].get("prompt_eval_cached_count", 0)
         if prefix:
             assert model in [w.model for w in preloader.warmer.sent]
-            assert cached >= total // 2, (model, cached, total)  # the warm-ups read most of it ahead
+            assert cached >= total // 3, (model, cached, total)  # the warm-ups read much of it ahead
         else:
             assert cached == 0, (model, cached, total)  # a preloaded model has read nothing yet
     if not prefix:

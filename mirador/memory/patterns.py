@@ -184,6 +184,15 @@ class PatternStore:
                 for doc, meta, dist in zip(got["documents"][0], got["metadatas"][0], got["distances"][0],
                                            strict=True)]
 
+    def vectors(self, exchange_ids: Sequence[int]) -> dict[int, tuple[list[float], int]]:
+        """exchange id -> (its stored vector, its latest rating), for the ids the store holds."""
+        if not exchange_ids:
+            return {}
+        got = self._call(self._collection.get, ids=[str(i) for i in exchange_ids],
+                         include=["embeddings", "metadatas"])
+        return {int(i): (list(map(float, vector)), int((meta or {}).get("rating", 0)))
+                for i, vector, meta in zip(got["ids"], got["embeddings"], got["metadatas"], strict=True)}
+
     def all(self, batch: int = 1000) -> Iterator[Pattern]:
         offset = 0
         while True:

@@ -1,8 +1,11 @@
 """The probability that each model is needed by the user's next question.
 
 Evidence, from the user's own history: how often each model answered at this
-hour of the day (on this kind of day: weekday or weekend), overall, and in
-the last few questions (recency). Older usage fades (a half-life of a week),
+hour of the day (on this kind of day: weekday or weekend), overall, in
+the last few questions (recency), and, where pattern memory holds the
+questions' embeddings, what past questions like the last one needed
+(mirador.predict.similar: the models that answered them, weighted by their
+ratings, and the models the question after them needed). Older usage fades (a half-life of a week),
 so a model added mid-month takes over as soon as it is used. The evidence is
 combined by a logistic regression fitted on the same history, each question
 predicted from the questions before it only, which makes the probabilities
@@ -21,13 +24,17 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+from mirador.predict.similar import SimilarQuestions
 
 HALF_LIFE_S = 7 * 86400.0
 LOOK_AHEAD_S = 900.0
 ACTIVITY_SMOOTHING = 0.25  # a quarter of a pseudo-day: a slot used every day of a kind tends to 1
 RECENT_FADES_S = 3600.0  # an hour's pause and the last questions say little about the next
 RECENT = 5  # questions that count as "recent"
-FEATURES = ("this hour, this kind of day", "this hour", "overall", "recent questions", "the last question")
+FEATURES = ("this hour, this kind of day", "this hour", "overall", "recent questions", "the last question",
+            "similar questions: used", "similar questions: needed next")
 SMOOTHING = 1.0  # pseudo-questions spread over the known models, so a first use is not a certainty
 
 
@@ -37,6 +44,10 @@ class Use:
 
     at: float  # epoch seconds
     models: tuple[str, ...]
+    # From pattern memory, when it holds the question: its embedding and the user's latest rating.
+    vector: Any = field(default=None, compare=False, repr=False)
+    rating: int = 0
+    key: int = field(default=0, compare=False)  # the exchange's id in history
 
 
 @dataclass
@@ -59,6 +70,7 @@ class _Counts:
     active_days: dict[int, float] = field(default_factory=dict)
     _seen_hours: set[tuple[str, int]] = field(default_factory=set)
     _seen_days: set[str] = field(default_factory=set)
+    similar: SimilarQuestions = field(default_factory=SimilarQuestions)
 
     def weight(self, at: float) -> float:
         return math.exp(min(600.0, (at - self.origin) / self.tau))
@@ -75,6 +87,7 @@ class _Counts:
             self.overall[model] = self.overall.get(model, 0.0) + w
         self.recent.append(tuple(set(use.models)))
         self.last_at = use.at
+        self.similar.add(use.vector, use.models, use.at, use.rating)
         date = datetime.fromtimestamp(use.at).date().isoformat()
         if date not in self._seen_days:
             self._seen_days.add(date)
@@ -111,8 +124,9 @@ class _Counts:
         recent = sum(model in used for used in self.recent) / len(self.recent) if self.recent else prior
         recent = fresh * recent + (1 - fresh) * prior
         last = fresh if self.recent and model in self.recent[-1] else 0.0
+        used, after = self.similar.shares(at, model, prior)
         return [share(slot_hits, slot_all), share(hour_hits, hour_all), share(self.overall.get(model, 0.0), self.total),
-                recent, last]
+                recent, last, used, after]
 
 
 def _slot(at: float) -> tuple[int, int]:
@@ -127,7 +141,7 @@ def _logit(p: float) -> float:
 
 def _inputs(features: list[float]) -> list[float]:
     # Shares enter as log-odds: a logistic model on them can then reproduce a share exactly.
-    return [_logit(f) for f in features[:4]] + [features[4]]
+    return [_logit(f) for f in features[:4]] + [features[4]] + [_logit(f) for f in features[5:]]
 
 
 @dataclass
@@ -153,7 +167,7 @@ class Predictor:
                     labels.append(1.0 if model in use.models else 0.0)
             counts.add(use)
             seen.update(use.models)
-        coef = _fit_logistic(rows, labels, l2) if len(set(labels)) == 2 else [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+        coef = _fit_logistic(rows, labels, l2) if len(set(labels)) == 2 else [0.0, 0.0, 1.0] + [0.0] * 5
         return cls(counts, known, coef)
 
     def probabilities(self, at: float, models: Iterable[str] | None = None) -> dict[str, float]:

@@ -11,10 +11,13 @@ when stage j+1 really starts only the last few tokens are left to read.
 
 The prompt grows as stage j streams, so the warm-up is refreshed every
 REFRESH_TOKENS tokens; each refresh reads only what is new (the cache holds the
-rest). Rules, because a model answers one request at a time (NUM_PARALLEL=1):
-a model that is streaming a stage is never warmed; one warm-up per model at a
-time; the warm-up of stage n is cancelled (its stream closed: the server stops
-between prompt batches) the moment stage n starts. Every warm-up's messages are
+rest). Rules, because a model answers one request at a time (NUM_PARALLEL=1)
+and a CPU has few cores: nothing is warmed before the streaming stage's first
+token (stage 1's first token comes first); only the next stage is warmed, one
+warm-up at a time (the streaming stage decodes beside at most one prompt
+read); a model that is streaming a stage is never warmed; the warm-up of
+stage n is cancelled (its stream closed: the server stops between prompt
+batches) the moment stage n starts. Every warm-up's messages are
 a prefix of what the stage will send, so even a warm-up the stage has to wait
 for reads nothing the stage would not read itself but the template's last few
 tokens. A model no longer loaded is not warmed (that would reload it behind the preloader's
@@ -90,14 +93,14 @@ class PrefixWarmer:
         self.pump()
 
     def pump(self) -> None:
-        """Send the warm-ups that are due: the next stage's every REFRESH_TOKENS tokens, the others
-        once per finished draft. Called on events and when a preload or a warm-up completes."""
-        if self._closed:
-            return
+        """Send the next stage's warm-up when due (its first, then every REFRESH_TOKENS tokens of the
+        streaming stage). Called on events and when a preload or a warm-up completes."""
+        if self._closed or self._inflight or not self._parts:
+            return  # one at a time, and only once the streaming stage has its first token
         stages = list(self.request.stages)
         busy = stages[self._current - 1].model if 0 < self._current <= len(stages) else None
         seen: set[str] = set()
-        for number in range(max(2, self._current + 1), len(stages) + 1):
+        for number in range(max(2, self._current + 1), min(len(stages), self._current + 1) + 1):
             model = stages[number - 1].model
             if model in seen:
                 continue  # the nearest stage on this model is the one to prepare

@@ -16,7 +16,7 @@ from mirador.predict.preload import (
     preloading_allowed,
     size_from_show,
 )
-from mirador.predict.usage import choose_warm, uses_from_history
+from mirador.predict.usage import choose_warm, uses_from_history, with_memory
 
 # A predicted preload lasts until the next hourly run would renew it.
 PREDICTED_KEEP_ALIVE = "1h"
@@ -33,7 +33,7 @@ class Prediction:
 def predict(settings: Any, installed: list[str], at: float | None = None) -> list[Prediction]:
     """Every installed model's probabilities, most likely first (all 0 without a history)."""
     at = time.time() if at is None else at
-    uses = uses_from_history(settings.paths.history_db)
+    uses = with_memory(settings, uses_from_history(settings.paths.history_db))
     if not uses:
         return [Prediction(m, 0.0, 0.0, False) for m in installed]
     predictor = Predictor.fit(uses, installed)

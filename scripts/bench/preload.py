@@ -1,16 +1,19 @@
-"""Stage start latency of stages 2 and 3 in a three-stage `mirador ask`, with and without preloading.
+"""Stage start latency of stages 2 and 3 in a three-stage `mirador ask`: no preload, preload (load only),
+preload + prefix warm-up.
 
 "Stage start latency" is the stage's time to first token as the client saw it
 (from sending the stage's request to its first token: a cold stage waits for
-its model's load here). Two servers, one run:
+its model's load here, a preloaded one for reading its prompt). Two servers, one run:
   - the scripted engine with a 2 s load time for every model (ttft 50 ms);
   - the embedded runtime (`mirador serve --engine llama_cpp`) with real loads of
     SmolLM2-135M under three names (copies of smollm2:135m, each loaded on its own).
-Every run starts with every model unloaded; the runs with and without
-preloading (MIRADOR_PRELOAD=0) alternate. Target: at least 5x lower with preloading.
+Every run starts with every model unloaded; the three modes alternate
+(MIRADOR_PRELOAD=0; MIRADOR_PRELOAD_PREFIX=0; both on). Target: at least 5x lower with preloading.
+On the embedded runtime a breakdown follows (one in-process ask per mode, the server's own
+figures): where stage 2/3's time to first token goes once the load is gone.
 Then the synthetic month (scripts/bench/month.py): how often the model a question needs
-is already warm, predictor versus always keeping the last model, with the share of
-predicted preloads wasted and the predictor's reliability table.
+is already warm, predictor (with and without the similar-questions feature) versus always
+keeping the last model, with the share of predicted preloads wasted and the reliability table.
 Run: .venv/bin/python scripts/bench/preload.py [--runs 5] [--skip-embedded] [--seed 7]
 """
 
@@ -47,32 +50,110 @@ def unload_all(host: str) -> None:
         time.sleep(0.05)
 
 
-def one_ask(host: str, models: list[str], preload: bool, extra: list[str]) -> dict[int, tuple[float, float]]:
-    """Stage number -> (time to first token, server's load_duration), in ms, of one cold ask."""
+MODES = {"none": ("0", "0"), "load": ("1", "0"), "prefix": ("1", "1")}  # MIRADOR_PRELOAD, _PREFIX
+QUESTION = "Why is the sky blue?"
+
+
+def one_ask(host: str, models: list[str], mode: str, extra: list[str]) -> dict[int, tuple[float, float]]:
+    """Stage number -> (time to first token, server's load_duration), in ms, of one cold ask;
+    key 0: stage 1's whole answer (ms), which the warm-ups beside it may slow down."""
     unload_all(host)
     with tempfile.TemporaryDirectory() as home:
         env = bench_env(home, host)
         env["MIRADOR_POWER"] = "plugged"
-        env["MIRADOR_PRELOAD"] = "1" if preload else "0"
+        env["MIRADOR_PRELOAD"], env["MIRADOR_PRELOAD_PREFIX"] = MODES[mode]
         out = subprocess.run([MIRADOR, "ask", "--json", "--no-log", "--chain", ",".join(models), *extra,
-                              "Why is the sky blue?"], capture_output=True, text=True, env=env, timeout=300)
+                              QUESTION], capture_output=True, text=True, env=env, timeout=300)
     if out.returncode != 0:
         raise SystemExit(f"mirador ask failed: {out.stderr}")
     ends = [json.loads(line) for line in out.stdout.splitlines() if '"stage_end"' in line]
-    return {e["stage"]: (e.get("ttft_ms") or 0.0, e.get("load_ms") or 0.0) for e in ends}
+    out = {e["stage"]: (e.get("ttft_ms") or 0.0, e.get("load_ms") or 0.0) for e in ends}
+    out[0] = (next(e.get("total_ms") or 0.0 for e in ends if e["stage"] == 1), 0.0)
+    return out
 
 
-def measure(name: str, host: str, models: list[str], runs: int, extra: list[str]) -> list[tuple[str, str, str]]:
-    samples: dict[bool, list[dict[int, tuple[float, float]]]] = {True: [], False: []}
+def measure(name: str, host: str, models: list[str], runs: int, extra: list[str]) -> list[tuple[str, ...]]:
+    samples: dict[str, list[dict[int, tuple[float, float]]]] = {mode: [] for mode in MODES}
     for _ in range(runs):
-        for preload in (False, True):
-            samples[preload].append(one_ask(host, models, preload, extra))
+        for mode in MODES:
+            samples[mode].append(one_ask(host, models, mode, extra))
     rows = []
-    for stage in (2, 3):
-        cold, warm = (statistics.median(s[stage][0] for s in samples[flag]) for flag in (False, True))
-        load_cold, load_warm = (statistics.median(s[stage][1] for s in samples[flag]) for flag in (False, True))
-        rows.append((f"{name}: stage {stage}", f"{cold:.0f} ms -> {warm:.0f} ms", f"{cold / warm:.1f}x",
-                     f"{load_cold:.0f} ms -> {load_warm:.0f} ms"))
+    for stage in (0, 1, 2, 3):
+        ttft = {m: statistics.median(s[stage][0] for s in samples[m]) for m in MODES}
+        load = {m: statistics.median(s[stage][1] for s in samples[m]) for m in MODES}
+        what = f"stage {stage}" if stage else "stage 1's whole answer"
+        rows.append((f"{name}: {what}", " -> ".join(f"{ttft[m]:.0f}" for m in MODES) + " ms",
+                     f"{ttft['none'] / ttft['load']:.1f}x", f"{ttft['none'] / ttft['prefix']:.1f}x",
+                     " / ".join(f"{load[m]:.0f}" for m in MODES) + " ms"))
+    return rows
+
+
+def breakdown(host: str, models: list[str], num_predict: int) -> list[tuple[str, ...]]:
+    """Where stages 2 and 3's time to first token goes, per mode: the server's own figures for one
+    in-process ask (the chain executor and StagePreloader as `mirador ask` runs them)."""
+    import asyncio
+
+    from mirador.config import load_settings
+    from mirador.predict.preload import StagePreloader
+    from mirador.runtime.client import OllamaClient
+    from mirador.stream.chain import ChainRequest, run_chain, stages_for
+    from mirador.stream.events import StageFinished
+
+    class Recording(OllamaClient):
+        """Keeps every /api/chat's last chunk: the stages' and the warm-ups' (num_predict 1) stats."""
+
+        finals: list[tuple[str, int, dict]] = []
+
+        def chat(self, model, messages, **kw):
+            stream = super().chat(model, messages, **kw)
+            limit = (kw.get("options") or {}).get("num_predict")
+
+            async def wrap():
+                async for chunk in stream:
+                    if chunk.get("done"):
+                        self.finals.append((model, limit, chunk))
+                    yield chunk
+            return wrap()
+
+    async def once(mode: str, settings) -> list[tuple[str, ...]]:
+        unload_all(host)
+        settings.values["preload"], settings.values["preload_prefix"] = mode != "none", mode == "prefix"
+        request = ChainRequest(QUESTION, stages_for(models), lambda m: "10m", options={"num_predict": num_predict})
+        out = []
+        async with Recording(f"http://{host}") as client:
+            preloader = StagePreloader(client, request.keep_alive, settings, "performance", request=request) \
+                if mode != "none" else None
+            if preloader is not None:
+                preloader.ensure(models)
+            try:
+                async for event in run_chain(client, request):
+                    if preloader is not None:
+                        preloader.observe(event)
+                    if not isinstance(event, StageFinished) or event.stage == 1:
+                        continue
+                    final = next(c for m, limit, c in reversed(client.finals) if m == event.model and limit != 1)
+                    ms = {k: (final.get(k) or 0) / 1e6 for k in ("total_duration", "load_duration",
+                                                                 "prompt_eval_duration", "eval_duration")}
+                    queue = ms["total_duration"] - ms["load_duration"] - ms["prompt_eval_duration"] \
+                        - ms["eval_duration"]
+                    total = final.get("prompt_eval_count", 0)
+                    warm = [w for m, limit, w in client.finals if m == event.model and limit == 1]
+                    out.append((f"{mode}: stage {event.stage}", f"{event.stats.ttft_ms:.0f} ms",
+                                f"{ms['load_duration']:.0f} ms", f"{max(0.0, queue):.0f} ms",
+                                f"{total - final.get('prompt_eval_cached_count', 0)} of {total}",
+                                f"{ms['prompt_eval_duration']:.0f} ms", str(len(warm))))
+            finally:
+                if preloader is not None:
+                    await preloader.aclose()
+        return out
+
+    rows = [("mode: stage", "ttft (client)", "load", "queue", "prompt tokens read", "read + 1st token",
+             "warm-ups done")]
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["MIRADOR_HOME"], os.environ["MIRADOR_POWER"] = home, "plugged"
+        settings = load_settings()
+        for mode in MODES:
+            rows += asyncio.run(once(mode, settings))
     return rows
 
 
@@ -104,68 +185,43 @@ def embedded_server() -> Iterator[str]:
 
 
 def month_rows(seed: int) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]], float, bool]:
-    """The synthetic month: (hit-rate table, reliability table, calibration error, targets met)."""
-    from month import simulate_keep_last, simulate_predictor, synthetic_month
+    """The synthetic month: (hit-rate table, reliability table, calibration error, targets met).
+    The targets are read on the plain month; the month with recurring topics (a weekly side
+    project, a release workflow) is run without and with pattern memory's evidence (real MiniLM
+    embeddings of the questions), and its reliability table is the one shown."""
+    from month import simulate_keep_last, simulate_predictor, synthetic_month, with_vectors
 
     from mirador.predict.predictor import reliability
 
     uses = synthetic_month(seed)
     ours, cron, last = simulate_predictor(uses), simulate_predictor(uses, trigger="cron"), simulate_keep_last(uses)
-    rows = [("policy", "needed model warm", "wasted preloads")]
-    rows.append(("keep the last model (baseline)", f"{last.hit_rate:.1%}", "-"))
-    rows.append(("predictor, shell hook + after each answer", f"{ours.hit_rate:.1%}",
-                 f"{ours.waste:.1%} ({ours.wasted} of {ours.preloads})"))
-    rows.append(("predictor, hourly cron + after each answer", f"{cron.hit_rate:.1%}",
-                 f"{cron.waste:.1%} ({cron.wasted} of {cron.preloads})"))
-    table, ece = reliability(uses)
+    rows = [("policy", "needed model warm", "wasted preloads", "calibration error")]
+
+    def row(name: str, outcome, ece: str = "") -> tuple[str, ...]:
+        wasted = f"{outcome.waste:.1%} ({outcome.wasted} of {outcome.preloads})" if outcome.preloads else "-"
+        return (name, f"{outcome.hit_rate:.1%}", wasted, ece)
+
+    rows.append(row("keep the last model (baseline)", last))
+    rows.append(row("predictor, shell hook + after each answer", ours, f"{reliability(uses)[1]:.3f}"))
+    rows.append(row("predictor, hourly cron + after each answer", cron))
+    recurring = synthetic_month(seed, recurring=True)
+    remembered = with_vectors(recurring)
+    rows.append(row("recurring topics: keep the last model", simulate_keep_last(recurring)))
+    rows.append(row("recurring topics: predictor without memory", simulate_predictor(recurring),
+                    f"{reliability(recurring)[1]:.3f}"))
+    table, ece = reliability(remembered)
+    rows.append(row("recurring topics: predictor with memory", simulate_predictor(remembered), f"{ece:.3f}"))
     calib = [("predicted", "mean predicted -> share needed", "pairs")]
     calib += [(f"{b.low:.1f}-{b.high:.1f}", f"{b.predicted:.2f} -> {b.observed:.2f}", str(b.count)) for b in table]
     return rows, calib, ece, ours.hit_rate >= 0.8 and ours.waste <= 0.2
 
 
-SPECULATED = {m: {"text": " ".join(["word"] * 40), "load_time": 1.0, "ttft": 0.1, "rate": 50}
-              for m in ("code:7b", "writing:8b", "chat:3b")}
-DECISION_S = 0.8  # the refined router's decision (an embedding and a classification)
-
-
-async def _first_token(stream) -> float:
-    started = time.perf_counter()
-    async for chunk in stream:
-        if (chunk.get("message") or {}).get("content"):
-            return time.perf_counter() - started
-    return time.perf_counter() - started
-
-
 def speculation_rows(runs: int) -> list[tuple[str, ...]]:
-    """Time to the chosen interpretation's first token: speculate on three, or decide first and start."""
-    import asyncio
+    """Speculation as `mirador ask` does it, with cold models: scripts/bench/speculation.py (which also
+    has the warm case and `mirador ask` itself)."""
+    from speculation import rows as speculation_table
 
-    from mirador.predict.speculative import Candidate, SpeculationCost, decide_after, speculate
-    from mirador.runtime.client import OllamaClient
-
-    messages = [{"role": "user", "content": "an ambiguous question"}]
-    candidates = [Candidate(m, messages) for m in SPECULATED]
-    chosen = "writing:8b"
-    spec, serial, wasted = [], [], []
-    with scripted_server(SPECULATED) as (host, _):
-        async def once() -> None:
-            async with OllamaClient(f"http://{host}") as client:
-                unload_all(host)
-                started = time.perf_counter()
-                await decide_after(DECISION_S, chosen)
-                serial.append(time.perf_counter() - started + await _first_token(
-                    client.chat(chosen, messages, keep_alive="10m")))
-                unload_all(host)
-                cost = SpeculationCost()
-                spec.append(await _first_token(speculate(client, candidates, decide_after(DECISION_S, chosen), cost)))
-                wasted.append(cost.wasted_tokens)
-
-        for _ in range(runs):
-            asyncio.run(once())
-    a, b = statistics.median(serial) * 1000, statistics.median(spec) * 1000
-    return [("interpretations", "decide, then start -> speculate on three", "speed-up", "wasted tokens (median)"),
-            ("three close ones, 1 s loads, 0.8 s decision", f"{a:.0f} ms -> {b:.0f} ms", f"{a / b:.1f}x",
-             f"{statistics.median(wasted):.0f}")]
+    return speculation_table(runs, cold=True)
 
 
 def main() -> int:
@@ -177,20 +233,24 @@ def main() -> int:
     month, calib, ece, month_ok = month_rows(args.seed)
     table(f"a synthetic month (seed {args.seed}), days 8-30 after a week of history "
           "(target: at least 80% warm, at most 20% wasted)", month)
-    table(f"reliability on the held-out last quarter (expected calibration error {ece:.3f})", calib)
-    rows = [("stage", "time to first token: no preload -> preload", "speed-up", "of which load (server)")]
+    table(f"reliability with memory, recurring topics, held-out last quarter (calibration error {ece:.3f})", calib)
+    rows = [("stage", "time to first token: none -> load -> load+prefix", "load only", "load+prefix",
+             "of which load (server)")]
     with scripted_server(SCRIPTED) as (host, _):
         rows += measure("scripted, 2 s load", host, list(SCRIPTED), args.runs, [])
+    parts: list[tuple[str, ...]] = []
     if not args.skip_embedded:
         os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
         with embedded_server() as host:
             rows += measure("embedded, SmolLM2-135M", host, EMBEDDED, args.runs, ["-o", "num_predict=48"])
-    table(f"speculation: time to the chosen interpretation's first token, median of {args.runs}",
-          speculation_rows(args.runs))
+            parts = breakdown(host, EMBEDDED, 48)
+    table(f"speculation: time to the chosen interpretation's first token, median of {args.runs} cold runs "
+          "(the refined decision against deciding first, then starting)", speculation_rows(args.runs))
     table(f"stage start latency in a three-stage ask, median of {args.runs} cold runs (target: 5x)", rows)
-    # The target is for the load wait; a tiny CPU model's first token is mostly prompt evaluation,
-    # which no preload removes, so the embedded rows also show the load part on its own.
-    scripted = min(float(r[2].rstrip("x")) for r in rows[1:] if r[0].startswith("scripted"))
+    if parts:
+        table("embedded runtime, stages 2 and 3 of one ask per mode: where the time to first token goes", parts)
+    scripted = min(float(r[3].rstrip("x")) for r in rows[1:] if r[0].startswith("scripted")
+                   and r[0].endswith(("stage 2", "stage 3")))
     ok = scripted >= 5 and month_ok
     print(f"\nresult: {'PASS' if ok else 'FAIL'} (scripted engine's lowest speed-up {scripted:.1f}x; "
           f"month {'met' if month_ok else 'missed'} its targets)")
