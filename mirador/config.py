@@ -233,6 +233,8 @@ SETTINGS: dict[str, Setting] = {
                                   env="MIRADOR_PRELOAD_MAX_LOADED"),
     "speculate": Setting(True, _as_bool, "when the router is unsure, start its top interpretations together "
                          "(ask --no-speculate for once)", env="MIRADOR_SPECULATE"),
+    "personalized": Setting(False, _as_bool, "route to <base>-mirador (your adapter from `mirador train`) wherever "
+                            "the matrix picks <base>, when it is installed"),
     "speculate_margin": Setting(0.15, _as_number(0, 1, "0.15"),
                                 "below this margin between the router's top interpretations, start them together"),
     "speculate_battery_below": Setting(50.0, _as_number(0, 100, "50"),

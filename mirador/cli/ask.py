@@ -193,7 +193,8 @@ def _router(args: argparse.Namespace, settings: Any, prompt: str) -> Any:
         from mirador.energy.profiles import energy_constraint
         from mirador.routing.planner import PlanConstraints
 
-        return PlanConstraints(energy=energy_constraint(args.profile, settings), quality=_learned(settings))
+        return PlanConstraints(energy=energy_constraint(args.profile, settings), quality=_learned(settings),
+                               personalized=settings.personalized)
 
     return LiveRouter(settings, prompt, constraints)
 

@@ -63,7 +63,7 @@ def _route(settings: Any, prompt: str, installed_names: list[str] | None, refine
     timings: dict[str, float] = {}
     started = time.perf_counter()
     constraints = PlanConstraints(energy=energy_constraint(profile, settings),
-                                  quality=_learned(settings, prompt, refine))
+                                  quality=_learned(settings, prompt, refine), personalized=settings.personalized)
     timings["energy"] = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
     matrix = load_matrix(settings.paths)

@@ -32,6 +32,7 @@ class TrainOptions:
     margin: float = 0.01  # the held-out loss must fall by this fraction
     gguf: Path | None = None  # the base's GGUF; default: the embedded runtime's store
     deploy: bool = True
+    deploy_as: str = "auto"  # auto | adapter | fused (learn/deploy.py)
     hp: Hyperparams = field(default_factory=Hyperparams)
 
 
@@ -83,16 +84,11 @@ class RunLog:
             f.write(json.dumps({"t": round(time.time(), 3), "event": kind, **data}, default=str) + "\n")
 
 
-def base_gguf(options: TrainOptions) -> Path:
-    if options.gguf:
-        return options.gguf
-    from mirador.runtime.store import ModelStore
+def base_gguf(options: TrainOptions) -> Any:
+    """The base's GGUF (learn/base_model.py: --gguf, the runtime's /api/show, Ollama's folder, the store)."""
+    from mirador.learn.base_model import locate
 
-    model = ModelStore().open().get(options.base)
-    if model is None:
-        raise MiradorError(f"the embedded runtime has no model '{options.base}' to train on",
-                           hint="name one of `mirador serve`'s models with --base, or give its file with --gguf")
-    return Path(model.gguf)
+    return locate(options.base, options.host, options.gguf)
 
 
 def dry_run(history: Any, options: TrainOptions) -> dict[str, Any]:
@@ -127,15 +123,17 @@ def run(history: Any, options: TrainOptions, say: Any = print) -> dict[str, Any]
         from mirador.learn.trainers.base import get_trainer
 
         trainer = get_trainer(options.backend)
-        gguf_path = base_gguf(options)
-        say(f"base weights from {gguf_path.name} (converted once, cached by digest)")
-        base_dir = converted_dir(gguf_path)
+        located = base_gguf(options)
+        gguf_path = located.path
+        say(f"base weights from {gguf_path} ({located.source}; converted once, cached by digest)")
+        base_dir = converted_dir(gguf_path, digest=located.digest)
         log.event("base", gguf=str(gguf_path), converted=str(base_dir))
         say(f"training {options.backend} LoRA on {len(data.train)} examples "
             f"({options.hp.iterations} steps at most, {options.max_minutes:g} min budget)")
         result = trainer.train(base_dir, [e.messages() for e in data.train], [e.messages() for e in data.valid],
                                out, options.hp, deadline=deadline, sanity_prompts=SANITY_PROMPTS)
-        report = {"outcome": "rejected", "stamp": stamp, "log": str(log.path), "hyperparams": options.hp.to_dict(),
+        report = {"outcome": "rejected", "stamp": stamp, "base": options.base, "log": str(log.path),
+                  "hyperparams": options.hp.to_dict(),
                   **result.to_dict()}
         verdict = validate(result.valid_before, result.valid_after, result.samples, options.margin)
         report["validation"] = verdict
@@ -152,8 +150,10 @@ def run(history: Any, options: TrainOptions, say: Any = print) -> dict[str, Any]
         adapter = export_gguf_lora(result.adapter_dir, out / "adapter.gguf", n_head, n_head_kv)
         report["adapter"] = str(adapter)
         if options.deploy:
-            deploy(options.host, options.base, adapter, stamp)
-            report["outcome"] = "deployed"
+            deployed = deploy(options.host, options.base, adapter, stamp, mode=options.deploy_as,
+                              base_gguf=gguf_path, say=say)
+            report.update(outcome="deployed", model=deployed["model"], deploy_path=deployed["path"],
+                          refusal=deployed["refusal"])
         else:
             report["outcome"] = "validated"
         (out / "metrics.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
@@ -175,34 +175,17 @@ def validate(before: float, after: float, samples: dict[str, str], margin: float
     return {"passed": True, "reason": f"held-out loss {before:.4f} -> {after:.4f}"}
 
 
-def deploy(host: str, base: str, adapter: Path, stamp: str) -> str:
-    from mirador.learn.deploy import create_adapter_model, read_state, write_state
+def deploy(host: str, base: str, adapter: Path, stamp: str, **how: Any) -> dict[str, Any]:
+    """learn/deploy.py's atomic switch: {model, path ("adapter" or "fused"), stamp, refusal}."""
+    from mirador.learn.deploy import deploy as deploy_adapter
 
-    name = create_adapter_model(host, base, adapter)
-    state_file = learn_dir() / "state.json"
-    state = read_state(state_file)
-    state.update(previous=state.get("current"), current={"stamp": stamp, "adapter": str(adapter), "model": name,
-                                                          "base": base, "deployed_at": time.time()})
-    write_state(state_file, state)
-    return name
+    return deploy_adapter(host, base, adapter, stamp, **how)
 
 
 def rollback(host: str) -> dict[str, Any]:
-    from mirador.learn.deploy import create_adapter_model, read_state, write_state
+    from mirador.learn.deploy import rollback as rollback_adapter
 
-    state_file = learn_dir() / "state.json"
-    state = read_state(state_file)
-    previous, current = state.get("previous"), state.get("current")
-    if not previous:
-        raise MiradorError("there is no previous adapter to roll back to",
-                           hint="`mirador train list` shows the adapters trained so far")
-    adapter = Path(previous["adapter"])
-    if not adapter.is_file():
-        raise MiradorError(f"the previous adapter {adapter} is gone")
-    create_adapter_model(host, previous["base"], adapter, previous.get("model"))
-    state.update(current=previous, previous=current)
-    write_state(state_file, state)
-    return previous
+    return rollback_adapter(host)
 
 
 def status() -> dict[str, Any]:

@@ -105,6 +105,21 @@ def installed_models(matrix: CapabilityMatrix, tags: list[dict[str, Any]]) -> li
     return out
 
 
+PERSONAL_SUFFIX = "-mirador"  # what `mirador train` deploys a base's adapter as (learn/deploy.py)
+
+
+def personal_twins(models: list[InstalledModel]) -> dict[str, InstalledModel]:
+    """{installed base name: its installed `<base>-mirador`}: personalised models whose base is installed."""
+    by_name = {normalize(m.name): m for m in models}
+    out: dict[str, InstalledModel] = {}
+    for model in models:
+        if model.name.endswith(PERSONAL_SUFFIX):
+            base = by_name.get(normalize(model.name.removesuffix(PERSONAL_SUFFIX)))
+            if base is not None and base.kind == model.kind:
+                out[base.name] = model
+    return out
+
+
 def _inferred(name: str, details: dict[str, Any], size: int | None) -> InstalledModel:
     lower = name.lower()
     families = {str(details.get("family") or "").lower(), *map(str.lower, details.get("families") or [])}

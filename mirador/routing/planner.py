@@ -10,7 +10,10 @@ lists what to `ollama pull`.
 
 Outside knowledge comes in through `PlanConstraints` only (a power budget
 from the energy module, quality learned from ratings by the memory module),
-so those plug in without touching this file. An energy profile
+so those plug in without touching this file. A personalised model
+(`<base>-mirador`, deployed by `mirador train`) is never a candidate of
+its own while its base is installed: with `personalized` on it answers
+wherever its base was chosen, and says so. An energy profile
 (`PlanConstraints.energy`) sees every step's ranked candidates: the greedy
 choice is its full-power reference, and mirador.energy picks among them.
 """
@@ -23,7 +26,7 @@ from typing import Any, NamedTuple
 
 from mirador.errors import MiradorError
 from mirador.routing.classify import QueryAnalysis
-from mirador.routing.installed import InstalledModel
+from mirador.routing.installed import InstalledModel, personal_twins
 from mirador.routing.schema import CapabilityMatrix, ModelSpec, StepSpec
 
 # How far a stage is trusted when its model is not the matrix's first choice.
@@ -43,6 +46,7 @@ class PlanConstraints(NamedTuple):
     excluded: frozenset[str] = frozenset()  # never use these installed names
     reserved: frozenset[str] = frozenset()  # already answering elsewhere (stage 1 of a refined plan)
     energy: Any = None  # energy: the profile's EnergyConstraint (mirador.energy.profiles.energy_constraint)
+    personalized: bool = False  # config `personalized`: <base>-mirador answers wherever <base> is chosen
 
 
 class Choice(NamedTuple):
@@ -95,11 +99,15 @@ def plan(analysis: QueryAnalysis, matrix: CapabilityMatrix, installed: Sequence[
     if analysis.step_reason:
         notes.append(analysis.step_reason)
     chat = [m for m in installed if m.kind == "chat"]
+    twins = personal_twins(chat)
+    twin_names = {m.name for m in twins.values()}
+    chat = [m for m in chat if m.name not in twin_names]
     by_spec: dict[str, list[InstalledModel]] = {}
     for model in chat:
         if model.spec is not None:
             by_spec.setdefault(model.spec.id, []).append(model)
-    used: set[str] = set(constraints.reserved)
+    # A stage answered by a base's twin holds the base too (a refined plan reserves stage 1's model).
+    used: set[str] = set(constraints.reserved) | {base for base, m in twins.items() if m.name in constraints.reserved}
     used_by: dict[str, str] = {name: "an earlier stage" for name in constraints.reserved}
     choices: list[Choice] = []
     fallbacks: list[Fallback] = []
@@ -124,6 +132,8 @@ def plan(analysis: QueryAnalysis, matrix: CapabilityMatrix, installed: Sequence[
     energy = None
     if constraints.energy is not None:
         choices, fallbacks, energy = _fit_energy(ranked, choices, fallbacks, notes, chat, constraints)
+    if constraints.personalized and twins:
+        choices, fallbacks = _personalize(choices, fallbacks, twins, constraints, notes)
     return Plan(analysis.domain, analysis, choices, fallbacks, notes, list(installed),
                 (time.perf_counter() - started) * 1000, energy)
 
@@ -157,6 +167,22 @@ def _fit_energy(ranked: list[tuple[StepSpec, list[_Candidate]]], choices: list[C
                   for c in choices if kept.get(c.step) != c.model]
     notes.extend([*fitted.notes, summary(profile, fitted)])
     return fitted_choices or choices, fallbacks, fitted
+
+
+def _personalize(choices: list[Choice], fallbacks: list[Fallback], twins: dict[str, InstalledModel],
+                 constraints: PlanConstraints, notes: list[str]) -> tuple[list[Choice], list[Fallback]]:
+    out = []
+    for choice in choices:
+        twin = twins.get(choice.model)
+        if twin is None or twin.name in constraints.excluded:
+            out.append(choice)
+            continue
+        notes.append(f"{choice.step}: {twin.name} answers in place of {choice.model} "
+                     "(personalized: true; your adapter from `mirador train`)")
+        out.append(choice._replace(model=twin.name, reason=f"{choice.reason}; personalised: {twin.name}, "
+                                                           f"{choice.model} with your adapter"))
+    swapped = {c.model: o.model for c, o in zip(choices, out, strict=True) if c.model != o.model}
+    return out, [f._replace(used=swapped.get(f.used, f.used)) if f.used else f for f in fallbacks]
 
 
 def _candidates(step: StepSpec, matrix: CapabilityMatrix, by_spec: dict[str, list[InstalledModel]],

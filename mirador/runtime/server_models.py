@@ -4,6 +4,10 @@ They work on the engine's model store (runtime/store.py). An engine without a
 store (the scripted one) answers 400 to everything that would change models.
 Every check (a digest, a GGUF header, a template) is done before the first
 status line, so a bad request gets a real HTTP status, like Ollama's 400s.
+
+MIRADOR_SERVE_REFUSE_ADAPTERS=1 in the server's environment makes /api/create refuse
+adapters with a 400, as recent Ollama releases do: a switch for tests of the fused-model
+fallback of `mirador train` (learn/deploy.py), not meant for users.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from mirador.runtime.store import ModelStore, StoredModel, StoreError
 
 if TYPE_CHECKING:
     from mirador.runtime.server import OllamaServer
+
+REFUSE_ADAPTERS_ENV = "MIRADOR_SERVE_REFUSE_ADAPTERS"
 
 
 class ModelRoutes:
@@ -73,6 +79,8 @@ class ModelRoutes:
         store = self._store()
         name = full_name(_model_name(body))
         spec = spec_from_json(body)
+        if spec.adapters and os.environ.get(REFUSE_ADAPTERS_ENV, "") not in ("", "0"):
+            raise BadRequest(f"this runtime does not create models with adapters ({REFUSE_ADAPTERS_ENV} is set)")
         model, parent = await asyncio.to_thread(build_model, store, name, spec)
         # put() reads (and, for a new file, hashes) the GGUF: a worker thread keeps the loop free.
         info = await asyncio.to_thread(store.put, model)
