@@ -158,3 +158,14 @@ def test_route_explain_shows_the_interpretations(server_factory, tmp_path):
     assert "ask would start 2 first stages together" in explained.stdout
     report = json.loads(run_mirador(["route", "--json", CLEAR], tmp_path, server.host).stdout)
     assert report["speculation"]["would_speculate"] is False and "sure enough" in report["speculation"]["why_not"]
+
+
+def test_no_speculation_before_the_example_vectors_are_cached(server_factory, tmp_path):
+    # A fresh install would make the user wait seconds for the refined decision (every example embedded
+    # once): the fast path's plan answers, and the bank is built for the next time by `route`.
+    server = server_factory(install(loser_done_quickly=True))
+    assert run_mirador(["ask", AMBIGUOUS], tmp_path, server.host).returncode == 0
+    assert history(tmp_path, "SELECT * FROM speculations") == []
+    warm_routing(tmp_path, server.host)
+    assert run_mirador(["ask", AMBIGUOUS], tmp_path, server.host).returncode == 0
+    assert len(history(tmp_path, "SELECT * FROM speculations")) == 1

@@ -94,7 +94,9 @@ async def start(client: Any, request: Any, router: Any, settings: Any, profile: 
     """Speculate when it pays: sets request.stages to the winner's plan and returns the speculation,
     whose `client` the chain executor must use. None: no speculation, nothing changed."""
     chosen, why_not = choose(router.margin, router.interpretations, settings, profile, enabled)
-    if why_not is not None:
+    if why_not is not None or not router.decides_quickly(client):
+        # Nothing is shown until the decision: without cached example vectors it would take seconds
+        # (the first time only; `mirador route` or the refinement of stages 2..n caches them).
         return None
     from mirador.routing.live import to_stages
     from mirador.stream.chain import stage_messages, stage_options

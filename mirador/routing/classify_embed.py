@@ -58,6 +58,13 @@ def bank_file(p: Paths, embedder_name: str, texts: list[str], labels: tuple[str,
     return p.data_dir / "cache" / f"routing-examples-{slug}-{key}.npy"
 
 
+def bank_cached(embedder_name: str, matrix: CapabilityMatrix, p: Paths | None = None) -> bool:
+    """Whether the examples' vectors for this embedder are cached: then a refined decision costs one
+    embedding, not the whole bank (a first run embeds every example, seconds on a laptop)."""
+    texts, labels = _examples(matrix)
+    return bank_file(p or paths(), embedder_name, texts, labels).exists()
+
+
 async def example_bank(embedder: Any, matrix: CapabilityMatrix, p: Paths | None = None) -> ExampleBank:
     """The examples' vectors: from the cache, or embedded now (once) and cached."""
     import numpy as np

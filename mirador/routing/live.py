@@ -146,6 +146,15 @@ class LiveRouter:
                                                     self.constraints, self.quick)
         return self._interpretations
 
+    def decides_quickly(self, client: Any) -> bool:
+        """Whether a refined decision can come quickly: an embedder, and its example vectors cached."""
+        embedder = embedder_for(self.settings, client)
+        if embedder is None or self.matrix is None:
+            return False
+        from mirador.routing.classify_embed import bank_cached
+
+        return bank_cached(embedder.name, self.matrix, self.settings.paths)
+
     async def decide(self, client: Any, among: list[Interpretation]) -> tuple[Interpretation, str]:
         """The refined decision among speculated interpretations: (winner, what decided it). The
         embedding classifier's domain if it is one of them, else the one it scores highest; the
