@@ -47,6 +47,7 @@ class TrainingProgress:
         self.last: dict[str, Any] = {}
         self._bar: Any = None
         self._task: Any = None
+        self._first: tuple[float, int] | None = None  # (time, tokens) at the first reported step
 
     def __enter__(self) -> TrainingProgress:
         self.start = time.monotonic()
@@ -58,8 +59,14 @@ class TrainingProgress:
             self._bar = None
 
     def __call__(self, step: int, total: int, loss: float, tokens: int) -> None:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = tokens / elapsed
+        now = time.monotonic()
+        elapsed = now - self.start
+        # The rate counts from the first reported step: the time before it went to loading the model
+        # and scoring the base, not to training (a tenth of a run on a 135M model, more on a busy CPU).
+        if self._first is None:
+            self._first = (now, tokens)
+        since, tokens_then = self._first
+        rate = (tokens - tokens_then) / (now - since) if now > since and tokens > tokens_then else 0.0
         self.last = {"step": step, "total": total, "loss": loss, "tokens": tokens, "tokens_per_s": rate}
         every = self.every or plain_every(total)
         due = step % every == 0 or step == total or step == 1
@@ -69,7 +76,8 @@ class TrainingProgress:
         if self.mode == "bar":
             self._draw(step, total, loss, rate)
         elif self.mode == "plain" and due:
-            self.stream.write(f"step {step}/{total}  loss {loss:.4f}  {rate:.0f} tokens/s  {elapsed:.0f}s\n")
+            speed = f"{rate:.0f} tokens/s" if rate else "- tokens/s"
+            self.stream.write(f"step {step}/{total}  loss {loss:.4f}  {speed}  {elapsed:.0f}s\n")
             self.stream.flush()
 
     def _draw(self, step: int, total: int, loss: float, rate: float) -> None:
