@@ -135,3 +135,55 @@ def test_the_thresholds_come_from_the_settings(monkeypatch, tmp_path):
     assert not should_speculate(0.05, settings)
     settings.values["speculate_battery_below"] = 20.0
     assert should_speculate(0.05, settings) and not should_speculate(0.2, settings)
+
+
+def test_the_chain_adopts_the_winners_stream_only_for_the_request_it_speculated_on(server_factory):
+    from mirador.predict.speculative import AdoptingClient, Speculation
+
+    server = server_factory(MODELS)
+
+    async def main():
+        async with OllamaClient(server.url) as client:
+            speculation = Speculation(client, [ask("a:1b"), ask("b:3b")])
+            await asyncio.sleep(0.3)
+            winner = await speculation.settle("b:3b")
+            adopting = AdoptingClient(client, winner)
+            same = [c async for c in adopting.chat("b:3b", ask("b:3b").messages, keep_alive="10m")]
+            again = [c async for c in adopting.chat("b:3b", ask("b:3b").messages, keep_alive="10m")]
+            other = Speculation(client, [ask("short:1b"), ask("c:8b")])
+            switched = AdoptingClient(client, await other.settle("short:1b"))
+            different = [c async for c in switched.chat("short:1b", [{"role": "user", "content": "else"}],
+                                                        keep_alive="10m")]
+            await other.aclose()
+            return speculation, same, again, different
+
+    speculation, same, again, different = run(main())
+    text = "".join((c.get("message") or {}).get("content", "") for c in same)
+    assert text == "the chosen interpretation answers" and same[-1]["done"]
+    assert speculation.outcomes == {"a:1b": "cancelled", "b:3b": "winner"} and speculation.cost.decide_s > 0
+    assert again[-1]["done"]  # a second request for the model is a real one
+    assert different[-1]["done"]
+    chats = [(r["body"]["model"], r["body"]["messages"][-1]["content"]) for r in server.requests()
+             if r["path"] == "/api/chat"]
+    assert chats.count(("b:3b", "ambiguous question")) == 2  # the speculation's, then the second request
+    assert ("short:1b", "else") in chats  # another request than the speculated one went to the server
+
+
+def test_a_decision_outside_the_candidates_is_an_error_and_closes_everything(server_factory):
+    import pytest
+
+    from mirador.errors import MiradorError
+    from mirador.predict.speculative import Speculation
+
+    server = server_factory(MODELS)
+
+    async def main():
+        async with OllamaClient(server.url) as client:
+            speculation = Speculation(client, [ask("a:1b"), ask("c:8b")])
+            with pytest.raises(MiradorError, match="not among the speculated models"):
+                await speculation.settle("b:3b")
+            return speculation, [await first_token_s(client, m) for m in ("a:1b", "c:8b")]
+
+    speculation, waits = run(main())
+    assert sorted(speculation.cost.cancelled) == ["a:1b", "c:8b"]
+    assert all(w < 1.0 for w in waits), waits  # 2000-token answers at 40/s: only closed streams free them
