@@ -54,18 +54,8 @@ def converted_dir(gguf_path: Path, root: Path | None = None, digest: str | None 
     """The Hugging Face folder (safetensors, config.json, tokenizer) of a GGUF, converting it once.
 
     `note` hears why a cached folder was rebuilt (a file that no longer matches its digest)."""
-    from mirador.runtime.gguf import GGUFError, read_header
-
     gguf_path = Path(gguf_path)
-    try:
-        header = read_header(gguf_path)
-    except GGUFError as exc:
-        raise ConversionError(f"{gguf_path} is not a usable GGUF file: {exc}") from None
-    if header.architecture not in SUPPORTED_ARCHITECTURES:
-        raise ConversionError(
-            f"training supports the {', '.join(SUPPORTED_ARCHITECTURES)} architecture, not "
-            f"'{header.architecture}' ({gguf_path.name})",
-            hint="train on a llama-family model (smollm2, llama3, …)")
+    check_architecture(gguf_path)
     digest = digest or sha256_file(gguf_path)
     root = root or cache_root()
     out = root / digest
@@ -93,6 +83,24 @@ def converted_dir(gguf_path: Path, root: Path | None = None, digest: str | None 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_architecture(gguf_path: Path) -> str:
+    """The GGUF's architecture if the converter handles it; a ConversionError naming it if not.
+
+    Reads only the header: cheap enough to run before the training libraries are even imported."""
+    from mirador.runtime.gguf import GGUFError, read_header
+
+    try:
+        header = read_header(Path(gguf_path))
+    except GGUFError as exc:
+        raise ConversionError(f"{gguf_path} is not a usable GGUF file: {exc}") from None
+    if header.architecture not in SUPPORTED_ARCHITECTURES:
+        raise ConversionError(
+            f"training supports the {', '.join(SUPPORTED_ARCHITECTURES)} architecture, not "
+            f"'{header.architecture}' ({Path(gguf_path).name})",
+            hint="train on a llama-family model (smollm2, llama3, …)")
+    return str(header.architecture)
 
 
 def verify_cache(folder: Path) -> str | None:
