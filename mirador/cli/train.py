@@ -36,7 +36,11 @@ def configure(command: str, parser: argparse.ArgumentParser) -> None:
                              "(default): the adapter, merged if the runtime refuses it")
     parser.add_argument("--schedule", action="store_true",
                         help="print a crontab line (and on macOS a launchd plist) for a nightly run; installs nothing")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors (for cron; the log has it all)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only errors and the outcome line (for cron; the log has the rest)")
+    parser.add_argument("--judge", metavar="MODEL",
+                        help="a larger installed model compares base and adapted answers on the held-out prompts "
+                             "and reports a win rate (stored with the adapter's metrics)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--layers", type=int, default=0, help="LoRA on the last N blocks (0: all)")
@@ -62,7 +66,8 @@ def _options(args: argparse.Namespace) -> Any:
                      max_seq_len=args.max_seq_len, batch_size=args.batch_size)
     return TrainOptions(base=args.base, host=load_settings().host, backend=args.backend,
                         min_examples=args.min_examples, max_minutes=args.max_minutes, margin=args.margin,
-                        gguf=args.gguf, deploy=not args.no_deploy, deploy_as=args.deploy_as, hp=hp)
+                        gguf=args.gguf, deploy=not args.no_deploy, deploy_as=args.deploy_as, hp=hp,
+                        judge=args.judge, progress="quiet" if args.quiet or args.json else "auto")
 
 
 def _show(data: Any, as_json: bool) -> None:
@@ -125,18 +130,20 @@ def run_train(args: argparse.Namespace) -> int:
         report = pipeline.run(history, options, say)
     if args.json:
         _show(report, True)
-    elif args.quiet:
-        pass
-    elif report["outcome"] in ("deployed", "validated", "rejected"):
+        return 0
+    if report["outcome"] in ("deployed", "validated", "rejected") and not args.quiet:
         print(f"loss {report['losses'][0]:.3f} -> {report['losses'][-1]:.3f} in {report['steps']} steps, "
               f"{report['tokens_per_s']:.0f} tokens/s; held-out {report['valid_before']:.4f} -> "
               f"{report['valid_after']:.4f}")
-        if report["outcome"] == "deployed":
-            print(_deployed_text({"model": report.get("model"), "path": report.get("deploy_path", "adapter"),
-                                  "refusal": report.get("refusal")}))
-        else:
-            print({"validated": "validated, not deployed (--no-deploy)",
-                   "rejected": f"not deployed: {report['validation']['reason']}"}[report["outcome"]])
+        if report.get("judge"):
+            j = report["judge"]
+            print(f"judge {j['model']}: adapted answers win {j['win_rate']:.0%} of {j['prompts']} held-out prompts "
+                  f"({j['wins']} won, {j['ties']} tied, {j['losses']} lost; both orders asked)")
+    if report["outcome"] == "deployed":  # the outcome line, also under --quiet
+        print(_deployed_text({"model": report.get("model"), "path": report.get("deploy_path", "adapter"),
+                              "refusal": report.get("refusal")}))
+    else:
+        print(report["summary"])
     return 0
 
 
