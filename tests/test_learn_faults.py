@@ -239,3 +239,11 @@ def test_max_minutes_stops_the_run_cleanly_and_says_so(tmp_path, converted):
     text = run_mirador(["train", "--min-examples", "5", "--iterations", "100000", "--max-seq-len", "64",
                         "--max-minutes", "0.001", "--no-deploy"], home, timeout=600)
     assert text.returncode == 0 and "--max-minutes 0.001 reached before training started" in text.stdout
+
+
+def test_a_judge_that_is_not_installed_is_refused_before_training(tmp_path, server):
+    home = tmp_path / "home"
+    rated_history(home)
+    result = run_mirador(["train", "--min-examples", "5", "--judge", "absent:70b"], home, server.url)
+    assert result.returncode == 1 and "the judge model 'absent:70b' is not installed" in result.stderr
+    assert not (home / "data" / "learn" / "adapters").exists()  # refused before any training work
