@@ -180,3 +180,49 @@ def test_the_default_backend_is_mlx_on_apple_silicon_only(monkeypatch):
         monkeypatch.setattr(platform, "machine", lambda m=machine: m)
         assert resolve_backend("auto") == want and resolve_backend(None) == want
     assert resolve_backend("torch") == "torch"
+
+
+def test_an_mlx_adapter_exported_to_gguf_moves_llama_cpp_as_it_moves_mlx(tmp_path):
+    """The deploy path for the mlx backend: an mlx-lm adapter on SmolLM2 (random, non-zero B on q/k/v/o of
+    10 blocks) exported to GGUF LoRA changes llama.cpp's logits the way it changes MLX's. A wrong Q/K row
+    permutation, transpose or alpha breaks the agreement (permutation left out: correlation ~0.65)."""
+    mlx_or_skip()
+    pytest.importorskip("llama_cpp", reason="llama.cpp runs the exported adapter: pip install 'mirador[serve]'")
+    import mlx.core as mx
+    import numpy as np
+    from llama_cpp import Llama
+    from llamaproc import smollm2_gguf
+    from mlx.utils import tree_flatten
+
+    from mirador.learn.export import export_gguf_lora
+    from mirador.learn.gguf_convert import converted_dir
+    from mirador.learn.trainers import mlx_lora
+    from mirador.learn.trainers.base import Hyperparams
+
+    base_dir = converted_dir(smollm2_gguf(), root=tmp_path / "base")
+    model, tokenizer = mlx_lora.load_base(base_dir)
+    base_model, _ = mlx_lora.load_base(base_dir)
+    config = mlx_lora.add_lora(model, Hyperparams(rank=4, alpha=8.0, layers=10,
+                                                  targets=("q_proj", "k_proj", "v_proj", "o_proj")))
+    mx.random.seed(1)
+    model.load_weights([(k, mx.random.normal(v.shape) * 0.4) for k, v in tree_flatten(model.trainable_parameters())
+                        if k.endswith("lora_b")], strict=False)
+    adapter = mlx_lora.save_adapter(model, config, tmp_path / "mlx")
+    exported = export_gguf_lora(adapter, tmp_path / "adapter.gguf", n_head=9, n_head_kv=3)
+
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about rivers."}], tokenize=False,
+                                         add_generation_prompt=True) + "Rivers are"
+    ids = tokenizer._tokenizer(text, add_special_tokens=False).input_ids
+    mlx_delta = np.array(model(mx.array([ids]))[0]) - np.array(base_model(mx.array([ids]))[0])
+
+    def llama_cpp_logits(lora: Path | None) -> np.ndarray:
+        extra = {"lora_path": str(lora)} if lora else {}
+        llm = Llama(model_path=str(smollm2_gguf()), n_ctx=256, verbose=False, logits_all=True, n_threads=2, **extra)
+        llm.eval(ids)
+        return np.asarray(llm.scores[:llm.n_tokens], dtype=np.float64)
+
+    cpp_delta = llama_cpp_logits(exported) - llama_cpp_logits(None)
+    # llama.cpp runs the Q4_1 weights, MLX their float32 dequantization: about 0.2 of noise per logit, where
+    # the adapter moves them by about 1.5.
+    assert np.corrcoef(mlx_delta.ravel(), cpp_delta.ravel())[0, 1] > 0.95
+    assert 0.8 < np.abs(cpp_delta).mean() / np.abs(mlx_delta).mean() < 1.25
