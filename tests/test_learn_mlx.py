@@ -158,6 +158,16 @@ def test_torch_and_mlx_start_from_the_same_loss(tiny_llama, tmp_path):
     assert by_mlx.valid_after < by_mlx.valid_before * 0.9
 
 
+def test_the_mlx_backend_stops_at_the_deadline(tiny_llama, tmp_path):
+    mlx_or_skip()
+    import time
+
+    from mirador.learn.trainers.base import get_trainer
+
+    result = get_trainer("mlx").train(tiny_llama, [chat("rain")], [], tmp_path, hyper(), deadline=time.monotonic())
+    assert result.steps == 0 and "time budget reached after 0 of 12 steps" in (result.stopped_early or "")
+
+
 def test_a_missing_mlx_names_the_package_to_install(monkeypatch):
     import sys
 
