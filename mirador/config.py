@@ -225,7 +225,8 @@ SETTINGS: dict[str, Setting] = {
     "preload": Setting(True, _as_bool, "load the models of later stages (and predicted ones) in the background",
                        env="MIRADOR_PRELOAD"),
     "preload_prefix": Setting(True, _as_bool, "preloaded later stages also read their prompt's start "
-                              "(system prompt, question, drafts so far) before they begin", env="MIRADOR_PRELOAD_PREFIX"),
+                              "(system prompt, question, drafts so far) before they begin",
+                              env="MIRADOR_PRELOAD_PREFIX"),
     "preload_threshold": Setting(0.7, _as_number(0, 1, "0.7"),
                                  "probability above which `mirador preload --predict` loads a model"),
     "preload_max_loaded": Setting(0, _as_number(0, 64, "3"),
