@@ -327,6 +327,10 @@ def test_the_twin_is_never_a_candidate_of_its_own_while_its_base_is_installed():
         plan(query, matrix, listed, PlanConstraints(personalized=True, reserved=frozenset({DEPLOYED})))
     alone = installed_models(matrix, [{"name": DEPLOYED}])  # without its base it is a model like any other
     assert [c.model for c in plan(query, matrix, alone).choices] == [DEPLOYED]
+    # The candidate a killed deploy left behind never answers, personalised or not.
+    staging = installed_models(matrix, [{"name": DEPLOYED + "-next"}, {"name": BASE}])
+    assert [c.model for c in plan(query, matrix, staging).choices] == [BASE]
+    assert [c.model for c in plan(query, matrix, staging, PlanConstraints(personalized=True)).choices] == [BASE]
 
 
 # -- the schedule -----------------------------------------------------------------------------------

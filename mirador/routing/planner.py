@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from mirador.errors import MiradorError
 from mirador.routing.classify import QueryAnalysis
-from mirador.routing.installed import InstalledModel, personal_twins
+from mirador.routing.installed import STAGING_SUFFIX, InstalledModel, personal_twins
 from mirador.routing.schema import CapabilityMatrix, ModelSpec, StepSpec
 
 # How far a stage is trusted when its model is not the matrix's first choice.
@@ -98,7 +98,7 @@ def plan(analysis: QueryAnalysis, matrix: CapabilityMatrix, installed: Sequence[
     notes: list[str] = list(analysis.notes)
     if analysis.step_reason:
         notes.append(analysis.step_reason)
-    chat = [m for m in installed if m.kind == "chat"]
+    chat = [m for m in installed if m.kind == "chat" and not m.name.endswith(STAGING_SUFFIX)]
     twins = personal_twins(chat)
     twin_names = {m.name for m in twins.values()}
     chat = [m for m in chat if m.name not in twin_names]
