@@ -16,7 +16,6 @@ state.json as they were.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -72,14 +71,6 @@ def _post_json(host: str, path: str, body: dict[str, Any], timeout: float = 600)
     return _request(host, path, json.dumps(body).encode(), "application/json", timeout)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def has_blob(host: str, digest: str) -> bool:
     try:
         _request(host, f"/api/blobs/sha256:{digest}", None, "application/octet-stream", 30, method="HEAD")
@@ -92,7 +83,9 @@ def upload_blob(host: str, path: Path) -> str:
     """Push a file as a blob unless the runtime has it; returns its digest "sha256:<hex>".
 
     Streamed from disk: a fused model is as large as the base, gigabytes for a 7B model."""
-    digest = _sha256(path)
+    from mirador.learn.gguf_convert import sha256_file
+
+    digest = sha256_file(path)
     if not has_blob(host, digest):
         with path.open("rb") as f:
             _request(host, f"/api/blobs/sha256:{digest}", f, "application/octet-stream",
