@@ -95,6 +95,8 @@ def test_the_system_prompt_is_the_exchanges_own_plus_the_dna_fragment(home):
     assert systems["Tell me about cats."].startswith("You are terse.\n\n") and "formal tone" in systems[
         "Tell me about cats."]
     assert data.dna.startswith("current DNA") and data.dna_older == data.size  # all older than the DNA edit
+    # These rows were written without a recorded fragment (as before schema 4): all reconstructed.
+    assert data.summary()["reconstructed_system_prompts"] == data.size
     row = json.loads((data.write(home / "out")["train"]).read_text().splitlines()[0])
     assert row["messages"][0]["role"] == "system" and "formal tone" in row["messages"][0]["content"]
 

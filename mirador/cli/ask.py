@@ -127,7 +127,8 @@ def run_ask(args: argparse.Namespace) -> int:
     log_exchange = settings.log_history and not args.no_log
     meter = _energy_meter() if log_exchange else None
 
-    recorder = ExchangeRecorder(prompt, system=args.system, options=options, conversation_id=conversation_id)
+    recorder = ExchangeRecorder(prompt, system=args.system, options=options, conversation_id=conversation_id,
+                                shape=request.shape)
     interrupted = False
     watch = _Watch(speculate=settings.speculate and not args.no_speculate)
     try:

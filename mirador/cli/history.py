@@ -17,6 +17,7 @@ from typing import Any
 from mirador.errors import MiradorError, UsageError
 
 PROMPT_WIDTH = 60
+SYSTEM_PROMPT_WIDTH = 120  # `history show` gives the recorded system prompt in brief; --json in full
 _STATUS_STYLE = {"complete": "green", "partial": "yellow", "interrupted": "yellow", "failed": "red"}
 # Control characters a stored prompt or answer may carry (a model can emit ANSI codes); never
 # replay them into the user's terminal or a pipe.
@@ -261,10 +262,23 @@ def _rating_line(rating: Any) -> str:
     return f"{line}  {_clean(rating.note)}" if rating.note else line
 
 
+def _system_prompt_line(exchange: Any) -> str:
+    """The system prompt the answer was given under (--system and the DNA of the time), in brief."""
+    prompt = exchange.system_prompt
+    if prompt is None:
+        return "system prompt: not recorded (an answer from before history kept it)"
+    if not prompt:
+        return "system prompt: none (no DNA, no --system)"
+    brief = _one_line(prompt, SYSTEM_PROMPT_WIDTH)
+    whole = "" if brief == prompt else f" ({len(prompt)} characters; --json shows it whole)"
+    return f"system prompt: {brief}{whole}"
+
+
 def _print_plain_exchange(exchange: Any) -> None:
     print(_header(exchange))
     if exchange.system:
         print(f"\nsystem:\n{_clean(exchange.system)}")
+    print(_system_prompt_line(exchange))
     if exchange.options:
         print(f"options: {json.dumps(exchange.options, ensure_ascii=False)}")
     print(f"\nprompt:\n{_clean(exchange.prompt)}")
@@ -297,6 +311,7 @@ def _print_rich_exchange(exchange: Any) -> None:
     console.print(Text(_header(exchange), style="bold"))
     if exchange.system:
         console.print(Text("system: ", style="dim") + Text(exchange.system))
+    console.print(Text(_system_prompt_line(exchange), style="dim"))
     if exchange.options:
         console.print(Text(f"options: {json.dumps(exchange.options, ensure_ascii=False)}", style="dim"))
     console.print(Text("\nprompt", style="bold cyan"))

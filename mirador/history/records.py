@@ -33,6 +33,9 @@ class StageRecord:
     # rows written before schema 3: mirador.predict.latency derives it from load_ms there).
     preload_hit: bool | None = None
     wait_ms: float | None = None  # from the stage's request until its model began answering: queue + load
+    # Schema 4. The DNA fragment the stage's system message carried, exactly as sent: "" for none
+    # (--no-dna, no DNA file); None: not recorded (rows written before schema 4, or by other writers).
+    dna_fragment: str | None = None
 
 
 @dataclass
@@ -110,12 +113,24 @@ class StoredExchange:
         return final_text(self.stages)
 
     @property
+    def system_prompt(self) -> str | None:
+        """The system prompt the user's settings gave the answering stage: `ask --system`, then the
+        DNA fragment, joined as the stage's system message joins them ("" for neither). A chain stage's
+        message also holds its purpose instruction and compiled context, which are the chain's, not
+        the user's. None when history did not record the fragment (before schema 4)."""
+        stage = answering_stage(self.stages)
+        if stage is None or stage.dna_fragment is None:
+            return None
+        return "\n\n".join(part for part in (self.system, stage.dna_fragment) if part)
+
+    @property
     def models(self) -> list[str]:
         return [stage.model for stage in self.stages]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["rating"] = self.rating
+        data["system_prompt"] = self.system_prompt
         return data
 
 
@@ -155,10 +170,16 @@ class EnergyTotal:
 
 
 def final_text(stages: list[StageRecord]) -> str:
+    stage = answering_stage(stages)
+    return stage.text if stage is not None else ""
+
+
+def answering_stage(stages: list[StageRecord]) -> StageRecord | None:
+    """The stage whose text is the answer: the last one that wrote any, else the last one."""
     for stage in reversed(stages):
         if stage.text:
-            return stage.text
-    return ""
+            return stage
+    return stages[-1] if stages else None
 
 
 # -- making values storable ---------------------------------------------------------------------
@@ -208,7 +229,7 @@ def options_json(options: Any) -> str:
 STAGE_COLUMNS = (
     "idx, model, purpose, confidence, text, done_reason, error, interrupted, started_at, ttft_ms, "
     "load_ms, prompt_eval_count, eval_count, eval_ms, tokens_per_s, total_ms, "
-    "energy_j, energy_basis, measured_energy_j, measured_by, preload_hit, wait_ms"
+    "energy_j, energy_basis, measured_energy_j, measured_by, preload_hit, wait_ms, dna_fragment"
 )
 STAGE_MARKS = ", ".join("?" * (STAGE_COLUMNS.count(",") + 2))  # the columns and exchange_id
 
@@ -221,7 +242,7 @@ def stage_row(stage: StageRecord) -> tuple:
         as_int(stage.prompt_eval_count), as_int(stage.eval_count), as_float(stage.eval_ms),
         as_float(stage.tokens_per_s), as_float(stage.total_ms), as_float(stage.energy_j),
         opt_text(stage.energy_basis), as_float(stage.measured_energy_j), opt_text(stage.measured_by),
-        as_bool(stage.preload_hit), as_float(stage.wait_ms),
+        as_bool(stage.preload_hit), as_float(stage.wait_ms), opt_text(stage.dna_fragment),
     )
 
 
@@ -230,7 +251,8 @@ def stage_from_row(r: tuple) -> StageRecord:
                        error=r[6], interrupted=bool(r[7]), started_at=r[8] or 0.0, ttft_ms=r[9], load_ms=r[10],
                        prompt_eval_count=r[11], eval_count=r[12], eval_ms=r[13], tokens_per_s=r[14],
                        total_ms=r[15], energy_j=r[16], energy_basis=r[17], measured_energy_j=r[18],
-                       measured_by=r[19], preload_hit=None if r[20] is None else bool(r[20]), wait_ms=r[21])
+                       measured_by=r[19], preload_hit=None if r[20] is None else bool(r[20]), wait_ms=r[21],
+                       dna_fragment=r[22])
 
 
 SPECULATION_COLUMNS = ("winner, margin, decided_by, decide_ms, wasted_tokens, wasted_seconds, wasted_energy_j, "

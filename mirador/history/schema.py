@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from mirador.errors import MiradorError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 5_000  # SQLite's own wait for a lock, per attempt
 LOCK_PATIENCE_S = 60.0  # our retry loop's total wait before telling the user
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
@@ -71,8 +71,16 @@ SCHEMA_V3 = [
         candidates_json TEXT NOT NULL DEFAULT '[]')""",
 ]
 
+# Version 4: the DNA fragment each stage's system message carried, exactly as sent ('' when the
+# answer had no DNA: --no-dna, or no DNA file). The training set joins it to `exchanges.system` to
+# get the system prompt of the time. Older rows keep NULL: not recorded, so the learner falls back
+# to the current DNA and says how many examples it reconstructed that way.
+SCHEMA_V4 = [
+    "ALTER TABLE stages ADD COLUMN dna_fragment TEXT",
+]
+
 # MIGRATIONS[n] takes a database from user_version n to n + 1.
-MIGRATIONS: list[list[str]] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3]
+MIGRATIONS: list[list[str]] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4]
 
 
 def open_db(db_path: Path) -> sqlite3.Connection:

@@ -9,9 +9,10 @@ Rules, and why:
   above NEAR_DUPLICATE), the newest kept; without the embedder only the text rule applies, and the
   summary says so;
 - the system prompt is the one the answer was given under: the exchange's own (`ask --system`)
-  followed by the DNA fragment `ask` adds to an answering stage. History does not record the DNA
-  of the time, so the current DNA stands in for it; the summary counts the examples older than
-  the DNA file's last change (their DNA may have differed);
+  followed by the DNA fragment its answering stage was sent, both as history recorded them
+  (StoredExchange.system_prompt, schema 4). Answers from before schema 4 have no recorded fragment:
+  for those the current DNA stands in, and the summary counts them (`reconstructed_system_prompts`)
+  and, among them, the ones older than the DNA file's last change (their DNA may have differed);
 - the split is by a hash of the prompt, not at random, so an example stays on its side from one
   nightly run to the next and the held-out loss compares like with like; the valid prompts are
   the held-out prompts validation scores on.
@@ -41,6 +42,7 @@ class Example:
     answer: str
     system: str | None
     domain: str = "unknown"
+    reconstructed: bool = False  # the system prompt uses today's DNA: history had none recorded
 
     def messages(self) -> list[dict[str, str]]:
         out = [{"role": "system", "content": self.system}] if self.system else []
@@ -55,8 +57,15 @@ class Dataset:
     duplicates: int = 0  # the same prompt as a newer example (text rule)
     near_duplicates: int = 0  # the same question in other words as a newer example (embedding rule)
     dedup: str = "text"  # how near-duplicates were found: "embedding:<model>" or "text (<why>)"
-    dna: str = "none"  # where the DNA part of the system prompts came from
-    dna_older: int = 0  # examples older than the DNA file's last change
+    # Where the DNA part of the system prompts came from: history's record, and for the reconstructed
+    # examples (if any) the source of the stand-in, e.g. "current DNA (...)".
+    dna: str = "recorded with each answer"
+    dna_older: int = 0  # reconstructed examples older than the DNA file's last change
+
+    @property
+    def reconstructed(self) -> int:
+        """Examples whose system prompt was rebuilt with today's DNA (answers older than schema 4)."""
+        return sum(1 for e in self.train + self.valid if e.reconstructed)
 
     @property
     def size(self) -> int:
@@ -69,7 +78,7 @@ class Dataset:
             "examples": self.size, "train": len(self.train), "valid": len(self.valid),
             "rated": self.rated, "duplicates_dropped": self.duplicates,
             "near_duplicates_dropped": self.near_duplicates, "dedup": self.dedup,
-            "dna": self.dna, "dna_changed_since": self.dna_older,
+            "dna": self.dna, "reconstructed_system_prompts": self.reconstructed, "dna_changed_since": self.dna_older,
             "first": _date(min(stamps)) if stamps else None, "last": _date(max(stamps)) if stamps else None,
             "domains": dict(Counter(e.domain for e in every).most_common()),
         }
@@ -107,12 +116,13 @@ def build_dataset(history: Any, min_score: int = MIN_SCORE, classify: bool = Tru
     """Read every exchange of a HistoryStore once and keep the well-rated ones.
 
     `embedder`: "local" (the default MiniLM), an Embedder, or None for the text rule only.
-    `dna_system`: True reads the user's DNA, a string is used as the DNA fragment, False/None: none.
+    `dna_system`: the DNA for answers history recorded none for (before schema 4): True reads the
+    user's current DNA, a string is used as the fragment, False/None: none. A recorded one always wins.
     """
     data = Dataset()
     newest: dict[str, Example] = {}
     domain_of = _domain_classifier() if classify else None
-    fragment, dna_mtime, data.dna = _dna_fragment(dna_system)
+    fallback: tuple[str | None, float | None, str] | None = None  # the current DNA, read on first need
     for exchange in history.iter_exchanges():
         score = exchange.rating
         if score is None:
@@ -124,13 +134,21 @@ def build_dataset(history: Any, min_score: int = MIN_SCORE, classify: bool = Tru
         key = _key(exchange.prompt)
         if key in newest:
             data.duplicates += 1  # iter_exchanges goes oldest first: the later one wins
-        system = "\n\n".join(part for part in (exchange.system, fragment) if part) or None
-        newest[key] = Example(exchange.id, exchange.created_at, exchange.prompt.strip(), answer, system,
-                              domain_of(exchange.prompt) if domain_of else "unknown")
+        system = exchange.system_prompt
+        reconstructed = system is None
+        if reconstructed:
+            if fallback is None:
+                fallback = _dna_fragment(dna_system)
+            system = "\n\n".join(part for part in (exchange.system, fallback[0]) if part)
+        newest[key] = Example(exchange.id, exchange.created_at, exchange.prompt.strip(), answer, system or None,
+                              domain_of(exchange.prompt) if domain_of else "unknown", reconstructed)
     kept = sorted(newest.values(), key=lambda e: e.exchange_id)
     kept, data.near_duplicates, data.dedup = drop_near_duplicates(kept, embedder, threshold)
-    if fragment and dna_mtime is not None:
-        data.dna_older = sum(1 for e in kept if e.created_at < dna_mtime)
+    if fallback is not None and any(e.reconstructed for e in kept):
+        fragment, dna_mtime, source = fallback
+        data.dna = source
+        if fragment and dna_mtime is not None:
+            data.dna_older = sum(1 for e in kept if e.reconstructed and e.created_at < dna_mtime)
     for example in kept:
         (data.valid if is_valid_side(example.prompt) else data.train).append(example)
     # A tiny history may hash nothing to the valid side: validation still needs a held-out prompt.
@@ -188,7 +206,8 @@ def _dna_fragment(dna_system: str | None | bool) -> tuple[str | None, float | No
         dna = load_for_ask(p)
         if dna is None:
             return None, None, "none (no DNA file: `mirador dna` creates one)"
-        return fragment(dna, "answer") or None, user_file(p).stat().st_mtime, "current DNA (history keeps no DNA)"
+        return (fragment(dna, "answer") or None, user_file(p).stat().st_mtime,
+                "current DNA (for answers from before history recorded it)")
     except Exception as exc:  # a broken DNA file is `mirador dna`'s to report; train without it
         return None, None, f"none (the DNA file does not load: {getattr(exc, 'message', exc)})"
 
