@@ -11,6 +11,7 @@ import pytest
 from clirun import run_mirador
 
 from mirador.config import load_settings
+from mirador.predict.prefill import REFRESH_TOKENS
 from mirador.predict.preload import StagePreloader
 from mirador.runtime.client import OllamaClient
 from mirador.stream.chain import ChainRequest, run_chain, stages_for
@@ -92,11 +93,49 @@ class Recording(OllamaClient):
         return keep()
 
 
-async def _ask(url: str, chain: list[str], settings, num_predict: int, question: str = "Why is the sky blue?"):
+class Tracking(Recording):
+    """Also watches, as the requests leave, how many warm-ups are open at once and whether one goes
+    to a model whose stage is streaming (or reading its prompt)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.streaming: set[str] = set()  # models whose stage request is open
+        self.warming = 0
+        self.most_warming = 0
+        self.to_streaming: list[str] = []
+        self.bodies: list[tuple[str, object, list]] = []  # (model, num_predict, messages) in order
+
+    def chat(self, model, messages, **kwargs):
+        stream = super().chat(model, messages, **kwargs)
+        limit = (kwargs.get("options") or {}).get("num_predict")
+        self.bodies.append((model, limit, messages))
+
+        async def watch():
+            warm = limit == 1
+            if warm:
+                if model in self.streaming:
+                    self.to_streaming.append(model)
+                self.warming += 1
+                self.most_warming = max(self.most_warming, self.warming)
+            else:
+                self.streaming.add(model)
+            try:
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                if warm:
+                    self.warming -= 1
+                else:
+                    self.streaming.discard(model)
+        return watch()
+
+
+async def _ask(url: str, chain: list[str], settings, num_predict: int, question: str = "Why is the sky blue?",
+               client_class: type[Recording] = Recording):
     request = ChainRequest(question, stages_for(chain), lambda m: "5m",
                            options={"num_predict": num_predict, "temperature": 0, "seed": 1})
     events = []
-    async with Recording(url, read_timeout=300) as client:
+    async with client_class(url, read_timeout=300) as client:
         preloader = StagePreloader(client, request.keep_alive, settings, request=request)
         preloader.ensure(chain)
         try:
@@ -105,6 +144,8 @@ async def _ask(url: str, chain: list[str], settings, num_predict: int, question:
                 events.append(event)
         finally:
             await preloader.aclose()
+    if client_class is not Recording:
+        return events, client, preloader
     return events, client.finals, preloader
 
 
@@ -121,6 +162,63 @@ def test_a_warm_stage_cancels_its_warm_up_and_does_not_wait_for_it(server_factor
     second = next(e for e in events if isinstance(e, StageFinished) and e.stage == 2)
     assert second.text == "second"
     assert second.stats.ttft_ms < 1.5 * 1000 * 1.6  # its own 1.5 s, not a queued warm-up's 1.5 s first
+
+
+def _is_prefix(warm: list, stage: list) -> bool:
+    """A warm-up's messages lead to the stage's: same messages, the last one cut short at most."""
+    return warm[:-1] == stage[:-1] and stage[-1]["content"].startswith(warm[-1]["content"].rstrip())
+
+
+def test_stage_three_is_warmed_during_stage_one_when_stage_two_is_up_to_date(server_factory, tmp_path,
+                                                                           monkeypatch):
+    # Stage 1 streams for ~2 s; b's warm-ups answer at once, so b is up to date most of the time.
+    server = server_factory({"a:1b": {"text": " ".join(["word"] * 40), "rate": 20},
+                             "b:3b": {"text": "second", "load_time": 0.05},
+                             "c:8b": {"text": "third", "load_time": 0.3}})
+    settings = _settings(tmp_path / "home", monkeypatch)
+    events, client, preloader = asyncio.run(_ask(server.url, ["a:1b", "b:3b", "c:8b"], settings, 64,
+                                                 client_class=Tracking))
+    assert not [e for e in events if isinstance(e, StageFailed)]
+    assert [e.text for e in events if isinstance(e, StageFinished)][1:] == ["second", "third"]
+    sent = preloader.warmer.sent
+    early = [i for i, w in enumerate(sent) if w.model == "c:8b" and w.during == 1]
+    assert early, [(w.model, w.during, w.tokens) for w in sent]  # stage 3 did not wait for stage 2
+    for i in early:
+        # ...and only in stage 2's idle time: b's last warm-up before it is less than a refresh behind
+        last_b = [w for w in sent[:i] if w.model == "b:3b"]
+        assert last_b and last_b[-1].drafts == sent[i].drafts, [(w.model, w.tokens) for w in sent]
+        assert sent[i].tokens - last_b[-1].tokens < REFRESH_TOKENS, [(w.model, w.tokens) for w in sent]
+    assert client.most_warming == 1  # never two warm-ups at once
+    assert client.to_streaming == []  # never to a model whose stage is running
+    real = {model: messages for model, limit, messages in client.bodies if limit != 1}
+    for model, limit, messages in client.bodies:
+        if limit == 1:
+            assert _is_prefix(messages, real[model]), (model, messages[-1], real[model][-1])
+    c_early = [m for model, limit, m in client.bodies if model == "c:8b" and limit == 1][0]
+    assert "Earlier drafts" in c_early[-1]["content"]  # stage 1's draft so far came along
+
+
+def test_a_later_stage_warm_up_yields_to_the_next_stage(server_factory, tmp_path, monkeypatch):
+    # Each of c's requests takes 1 s to its token: its warm-up is still reading when b falls a
+    # refresh behind (8 tokens of stage 1: 0.4 s), so it must be cut short for b's refresh. And
+    # while stage 2 reads its prompt (0.15 s), c is warmed with stage 1's finished draft.
+    server = server_factory({"a:1b": {"text": " ".join(["word"] * 40), "rate": 20},
+                             "b:3b": {"text": "second", "load_time": 0.05, "ttft": 0.15},
+                             "c:8b": {"text": "third", "load_time": 0.3, "ttft": 1.0}})
+    settings = _settings(tmp_path / "home", monkeypatch)
+    events, client, preloader = asyncio.run(_ask(server.url, ["a:1b", "b:3b", "c:8b"], settings, 64,
+                                                 client_class=Tracking))
+    assert not [e for e in events if isinstance(e, StageFailed)]
+    sent = preloader.warmer.sent
+    shown = [(w.model, w.during, w.tokens, w.cancelled) for w in sent]
+    cut = [i for i, w in enumerate(sent) if w.model == "c:8b" and w.during == 1 and w.cancelled]
+    assert cut, shown
+    assert any(w.model == "b:3b" and w.during == 1 for w in sent[cut[0] + 1:]), shown
+    # stage 3's model read stage 1's whole draft while stage 2 read its own prompt
+    assert any(w.model == "c:8b" and w.during == 2 and w.tokens == 0 and w.drafts == 1 for w in sent), shown
+    assert client.most_warming == 1 and client.to_streaming == []
+    real = {model: messages for model, limit, messages in client.bodies if limit != 1}
+    assert all(_is_prefix(m, real[model]) for model, limit, m in client.bodies if limit == 1)
 
 
 @pytest.fixture(scope="module")
