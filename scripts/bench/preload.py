@@ -54,12 +54,16 @@ MODES = {"none": ("0", "0"), "load": ("1", "0"), "prefix": ("1", "1")}  # MIRADO
 QUESTION = "Why is the sky blue?"
 
 
-def one_ask(host: str, models: list[str], mode: str, extra: list[str]) -> dict[int, tuple[float, float]]:
+def one_ask(host: str, models: list[str], mode: str, extra: list[str],
+            source: str | None = None) -> dict[int, tuple[float, float]]:
     """Stage number -> (time to first token, server's load_duration), in ms, of one cold ask;
-    key 0: stage 1's whole answer (ms), which the warm-ups beside it may slow down."""
+    key 0: stage 1's whole answer (ms), which the warm-ups beside it may slow down.
+    `source`: the ask runs that copy of the mirador package instead (PYTHONPATH)."""
     unload_all(host)
     with tempfile.TemporaryDirectory() as home:
         env = bench_env(home, host)
+        if source:
+            env["PYTHONPATH"] = source
         env["MIRADOR_POWER"] = "plugged"
         env["MIRADOR_PRELOAD"], env["MIRADOR_PRELOAD_PREFIX"] = MODES[mode]
         out = subprocess.run([MIRADOR, "ask", "--json", "--no-log", "--chain", ",".join(models), *extra,
@@ -72,11 +76,23 @@ def one_ask(host: str, models: list[str], mode: str, extra: list[str]) -> dict[i
     return out
 
 
-def measure(name: str, host: str, models: list[str], runs: int, extra: list[str]) -> list[tuple[str, ...]]:
-    samples: dict[str, list[dict[int, tuple[float, float]]]] = {mode: [] for mode in MODES}
+def measure(name: str, host: str, models: list[str], runs: int, extra: list[str],
+            against: str | None = None) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """The table's rows, and with `against` (another copy of the source), its load+prefix mode
+    beside this tree's: interleaved in the same runs, so the machine's drift hits both alike."""
+    runs_of = {mode: (mode, None) for mode in MODES}
+    if against:
+        runs_of["against"] = ("prefix", against)
+    samples: dict[str, list[dict[int, tuple[float, float]]]] = {key: [] for key in runs_of}
     for _ in range(runs):
-        for mode in MODES:
-            samples[mode].append(one_ask(host, models, mode, extra))
+        for key, (mode, source) in runs_of.items():
+            samples[key].append(one_ask(host, models, mode, extra, source))
+    versus = []
+    if against:
+        for stage in (0, 2, 3):
+            old, new = (statistics.median(s[stage][0] for s in samples[k]) for k in ("against", "prefix"))
+            what = "stage 1's whole answer" if stage == 0 else f"stage {stage}'s time to first token"
+            versus.append((f"{name}: {what}", f"{old:.0f} -> {new:.0f} ms", f"{new / old:.2f}"))
     rows = []
     for stage in (0, 1, 2, 3):
         ttft = {m: statistics.median(s[stage][0] for s in samples[m]) for m in MODES}
@@ -85,7 +101,7 @@ def measure(name: str, host: str, models: list[str], runs: int, extra: list[str]
         rows.append((f"{name}: {what}", " -> ".join(f"{ttft[m]:.0f}" for m in MODES) + " ms",
                      f"{ttft['none'] / ttft['load']:.1f}x", f"{ttft['none'] / ttft['prefix']:.1f}x",
                      " / ".join(f"{load[m]:.0f}" for m in MODES) + " ms"))
-    return rows
+    return rows, versus
 
 
 def breakdown(host: str, models: list[str], num_predict: int) -> list[tuple[str, ...]]:
@@ -229,6 +245,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-embedded", action="store_true", help="only the scripted engine")
     parser.add_argument("--seed", type=int, default=7, help="of the synthetic month")
+    parser.add_argument("--against", metavar="DIR", help="embedded runtime: also run load+prefix with the "
+                        "mirador package in DIR (e.g. `git archive COMMIT mirador | tar -x -C DIR`)")
     args = parser.parse_args()
     month, calib, ece, month_ok = month_rows(args.seed)
     table(f"a synthetic month (seed {args.seed}), days 8-30 after a week of history "
@@ -237,18 +255,24 @@ def main() -> int:
     rows = [("stage", "time to first token: none -> load -> load+prefix", "load only", "load+prefix",
              "of which load (server)")]
     with scripted_server(SCRIPTED) as (host, _):
-        rows += measure("scripted, 2 s load", host, list(SCRIPTED), args.runs, [])
+        rows += measure("scripted, 2 s load", host, list(SCRIPTED), args.runs, [])[0]
     parts: list[tuple[str, ...]] = []
+    versus: list[tuple[str, ...]] = []
     if not args.skip_embedded:
         os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
         with embedded_server() as host:
-            rows += measure("embedded, SmolLM2-135M", host, EMBEDDED, args.runs, ["-o", "num_predict=48"])
+            embedded, versus = measure("embedded, SmolLM2-135M", host, EMBEDDED, args.runs,
+                                       ["-o", "num_predict=48"], args.against)
+            rows += embedded
             parts = breakdown(host, EMBEDDED, 48)
     table(f"speculation: time to the chosen interpretation's first token, median of {args.runs} cold runs "
           "(the refined decision against deciding first, then starting)", speculation_rows(args.runs))
     table(f"stage start latency in a three-stage ask, median of {args.runs} cold runs (target: 5x)", rows)
     if parts:
         table("embedded runtime, stages 2 and 3 of one ask per mode: where the time to first token goes", parts)
+    if versus:
+        table(f"load+prefix, the source in {args.against} -> this tree (median of {args.runs}, same runs)",
+              [("what", "time", "ratio"), *versus])
     scripted = min(float(r[3].rstrip("x")) for r in rows[1:] if r[0].startswith("scripted")
                    and r[0].endswith(("stage 2", "stage 3")))
     ok = scripted >= 5 and month_ok
