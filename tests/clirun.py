@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,13 @@ def spawn_mirador(args: list[str], home: Path, host: str | None = None, **extra_
     """Start without waiting, stdout piped, for tests that interrupt it mid-stream."""
     return subprocess.Popen(MIRADOR + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=mirador_env(home, host, **extra_env))
+
+
+def stage_rows(home: Path) -> list[sqlite3.Row]:
+    """Every stage row of the history.db under `home`, oldest exchange first."""
+    db = sqlite3.connect(home / "data" / "history.db")
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute("SELECT * FROM stages ORDER BY exchange_id, idx").fetchall()
+    finally:
+        db.close()

@@ -37,6 +37,10 @@ class ServerProcess:
         lines = self.record_file.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    def chat_bodies(self) -> list[dict[str, Any]]:
+        """The bodies of every /api/chat request so far, oldest first."""
+        return [r["body"] for r in self.requests() if r["path"] == "/api/chat"]
+
     def stderr(self) -> str:
         return self.log_file.read_text(encoding="utf-8", errors="replace") if self.log_file.exists() else ""
 

@@ -40,10 +40,6 @@ def stages(home: Path, exchange_id: int) -> list[sqlite3.Row]:
         db.close()
 
 
-def chat_bodies(server) -> list[dict]:
-    return [r["body"] for r in server.requests() if r["path"] == "/api/chat"]
-
-
 def read_some(proc: subprocess.Popen, timeout: float = 20) -> bytes:
     """Block until the process has written something to stdout."""
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
@@ -57,7 +53,7 @@ def test_single_model_in_a_pipe_prints_plain_text_and_logs(server_factory, tmp_p
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Quick answer.\n"
     assert "\x1b" not in result.stdout
-    [body] = chat_bodies(server)
+    [body] = server.chat_bodies()
     assert body["messages"] == [{"role": "user", "content": "hello there"}]
     assert "keep_alive" in body  # always sent explicitly
     [row] = exchanges(tmp_path)
@@ -72,7 +68,7 @@ def test_chain_stages_build_on_each_other(server_factory, tmp_path):
     assert result.returncode == 0, result.stderr
     first, second = result.stdout.split("\n\n", 1)
     assert first == "Quick answer."
-    bodies = chat_bodies(server)
+    bodies = server.chat_bodies()
     assert [b["model"] for b in bodies] == ["fast:1b", "echo:1b"]
     assert bodies[0]["options"]["num_predict"] <= 96  # the acknowledgment stays brief
     assert "Quick answer." in bodies[1]["messages"][-1]["content"]  # stage 2 saw stage 1's text
@@ -103,7 +99,7 @@ def test_stdin_is_material_appended_to_the_prompt(server_factory, tmp_path):
     assert result.returncode == 0, result.stderr
     alone = run_mirador(["ask", "-m", "fast:1b"], tmp_path, server.host, input="just stdin")
     assert alone.returncode == 0, alone.stderr
-    first, second = chat_bodies(server)
+    first, second = server.chat_bodies()
     assert first["messages"][-1]["content"] == "summarize\n\nline one\nline two"
     assert second["messages"][-1]["content"] == "just stdin"
 
@@ -119,7 +115,7 @@ def test_a_megabyte_of_stdin(server_factory, tmp_path):
     material = ("0123456789abcdef" * 64 + "\n") * 1000  # about 1 MB
     result = run_mirador(["ask", "-m", "fast:1b", "count"], tmp_path, server.host, input=material)
     assert result.returncode == 0, result.stderr
-    [body] = chat_bodies(server)
+    [body] = server.chat_bodies()
     assert len(body["messages"][-1]["content"]) > 1_000_000
     assert len(exchanges(tmp_path)[0]["prompt"]) > 1_000_000
 
@@ -129,7 +125,7 @@ def test_invalid_utf8_on_stdin_is_replaced_and_said(server_factory, tmp_path):
     result = run_mirador(["ask", "-m", "fast:1b", "look"], tmp_path, server.host, input=b"ok \xff\xfe bytes")
     assert result.returncode == 0, result.stderr
     assert "not valid UTF-8" in result.stderr
-    [body] = chat_bodies(server)
+    [body] = server.chat_bodies()
     assert body["messages"][-1]["content"] == "look\n\nok \ufffd\ufffd bytes"
 
 
@@ -222,7 +218,7 @@ def test_continue_a_conversation(server_factory, tmp_path):
     server = server_factory(MODELS)
     assert run_mirador(["ask", "-m", "fast:1b", "first"], tmp_path, server.host).returncode == 0
     assert run_mirador(["ask", "-m", "fast:1b", "-c", "second"], tmp_path, server.host).returncode == 0
-    bodies = chat_bodies(server)
+    bodies = server.chat_bodies()
     assert bodies[1]["messages"] == [
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "Quick answer."},
@@ -239,7 +235,7 @@ def test_options_system_and_keep_alive_reach_the_server(server_factory, tmp_path
     result = run_mirador(["ask", "-m", "fast:1b", "-s", "be terse", "-o", "temperature=0.1", "-o", "stop=END",
                           "--keep-alive", "-1", "--no-log", "hi"], tmp_path, server.host)
     assert result.returncode == 0, result.stderr
-    [body] = chat_bodies(server)
+    [body] = server.chat_bodies()
     assert body["options"] == {"temperature": 0.1, "stop": "END"}
     assert body["keep_alive"] == -1
     assert body["messages"][0] == {"role": "system", "content": "be terse"}

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
-from clirun import run_mirador
+from clirun import run_mirador, stage_rows
 
 SYSFS = Path(__file__).parent / "fixtures" / "energy" / "sysfs"
 ON_BATTERY = str(SYSFS / "laptop-battery-15")
@@ -71,26 +70,13 @@ def test_route_with_a_bad_power_override(tmp_path):
     assert result.returncode == 1 and "MIRADOR_POWER='half' is not a power state" in result.stderr
 
 
-def chats(server) -> list[dict]:
-    return [r["body"] for r in server.requests() if r["path"] == "/api/chat"]
-
-
-def stage_rows(home: Path) -> list[sqlite3.Row]:
-    db = sqlite3.connect(home / "data" / "history.db")
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM stages ORDER BY exchange_id, idx").fetchall()
-    finally:
-        db.close()
-
-
 def test_ask_on_battery_answers_in_one_short_micro_stage_and_logs_its_energy(server_factory, tmp_path):
     server = server_factory(MODELS)
     started = time.monotonic()
     result = run_mirador(["ask", QUESTION], tmp_path, server.host, MIRADOR_SYSFS_ROOT=ON_BATTERY)
     wall = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    bodies = chats(server)
+    bodies = server.chat_bodies()
     assert [(b["model"], b["options"]["num_predict"]) for b in bodies] == [("llama3.2:1b", 200)], result.stderr
     [row] = stage_rows(tmp_path)
     assert row["model"] == "llama3.2:1b" and row["energy_j"] > 0, dict(row)
@@ -104,7 +90,7 @@ def test_ask_profile_flag_overrides_the_power_state(server_factory, tmp_path):
     result = run_mirador(["ask", "--profile", "performance", QUESTION], tmp_path, server.host,
                          MIRADOR_SYSFS_ROOT=ON_BATTERY)
     assert result.returncode == 0, result.stderr
-    assert [b["model"] for b in chats(server)] == ["llama3.2:1b", "qwen2.5:7b", "qwen2.5:14b"]
+    assert [b["model"] for b in server.chat_bodies()] == ["llama3.2:1b", "qwen2.5:7b", "qwen2.5:14b"]
     assert all(row["energy_j"] is not None for row in stage_rows(tmp_path))
     totals = run_mirador(["history", "--energy", "--json"], tmp_path)
     by_model = {r["key"]: r for r in map(json.loads, totals.stdout.splitlines()) if r["by"] == "model"}
@@ -115,4 +101,4 @@ def test_ask_profile_with_a_chosen_model_is_a_usage_error(server_factory, tmp_pa
     server = server_factory(MODELS)
     result = run_mirador(["ask", "-m", "llama3.2:1b", "--profile", "survival", "hi"], tmp_path, server.host)
     assert result.returncode == 2 and "--profile guides the planner's choice" in result.stderr
-    assert chats(server) == []
+    assert server.chat_bodies() == []

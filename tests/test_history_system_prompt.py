@@ -23,10 +23,6 @@ MODELS = {
 }
 
 
-def chat_bodies(server) -> list[dict]:
-    return [r["body"] for r in server.requests() if r["path"] == "/api/chat"]
-
-
 def system_of(body: dict) -> str | None:
     first = body["messages"][0]
     return first["content"] if first["role"] == "system" else None
@@ -57,7 +53,7 @@ def test_ask_records_the_dna_fragment_each_stage_was_sent(server_factory, tmp_pa
     server = server_factory(MODELS)
     set_dna(tmp_path, tone="formal", language="French", verbosity=0.9)
     ask(tmp_path, server, "-m", "echo:1b", "-s", "You are terse.", "hi")
-    [body] = chat_bodies(server)
+    [body] = server.chat_bodies()
     one = shown(tmp_path)
     # A single stage's system message is --system then the fragment: the record is that message, to the byte.
     assert one["system_prompt"] == system_of(body)
@@ -65,7 +61,7 @@ def test_ask_records_the_dna_fragment_each_stage_was_sent(server_factory, tmp_pa
     assert "Answer in French." in one["stages"][0]["dna_fragment"]
 
     ask(tmp_path, server, "--chain", "fast:1b,echo:1b", "-s", "You are terse.", "why?")
-    ack, final = chat_bodies(server)[1:]
+    ack, final = server.chat_bodies()[1:]
     chain = shown(tmp_path)
     first, last = (stage["dna_fragment"] for stage in chain["stages"])
     # Each stage's own fragment, as its request carried it (the chain puts it after the purpose line).
@@ -86,7 +82,7 @@ def test_a_later_dna_change_leaves_the_recorded_prompt_and_old_rows_fall_back(se
     server = server_factory(MODELS)
     set_dna(tmp_path, tone="formal")
     ask(tmp_path, server, "-m", "echo:1b", "Tell me about bread.")
-    [body] = chat_bodies(server)
+    [body] = server.chat_bodies()
     sent = system_of(body)
     assert "Use a formal tone." in sent
     with HistoryStore(db_path(tmp_path)) as store:
@@ -117,7 +113,7 @@ def test_no_dna_records_only_the_system_text_or_nothing(server_factory, tmp_path
     set_dna(tmp_path, tone="formal")
     ask(tmp_path, server, "--no-dna", "-m", "echo:1b", "-s", "Be a pirate.", "hello")
     ask(tmp_path, server, "--no-dna", "-m", "echo:1b", "hey")
-    bodies = chat_bodies(server)
+    bodies = server.chat_bodies()
     assert [system_of(b) for b in bodies] == ["Be a pirate.", "Be a pirate.", None]
     records = [shown(tmp_path, str(n)) for n in (1, 2, 3)]
     assert [r["stages"][0]["dna_fragment"] for r in records] == ["", "", ""]  # recorded: no DNA, not unknown

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from pathlib import Path
 
 import httpx
-from clirun import run_mirador, spawn_mirador
+from clirun import run_mirador, spawn_mirador, stage_rows
 
 from mirador.predict.preload import choose_preloads, size_from_show
 
@@ -24,15 +22,6 @@ def models(load_time: float = 0.8, first_rate: float = 0) -> dict:
         "b:3b": {"text": "analysis of the question", "load_time": load_time, **size},
         "c:8b": {"text": "the final synthesis", "load_time": load_time, **size},
     }
-
-
-def stage_rows(home: Path) -> list[sqlite3.Row]:
-    db = sqlite3.connect(home / "data" / "history.db")
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM stages ORDER BY exchange_id, idx").fetchall()
-    finally:
-        db.close()
 
 
 def preloads(server) -> list[str]:

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from clirun import run_mirador
+from clirun import stage_rows as stages
 
 from mirador.history import ExchangeRecord, HistoryStore, StageRecord
 from mirador.history.schema import SCHEMA_V1, SCHEMA_V2
@@ -21,15 +22,6 @@ def models(first_load: float, later_load: float, first_rate: float = 0) -> dict:
         "b:3b": {"text": "analysis of the question", "load_time": later_load, **SIZE},
         "c:8b": {"text": "the final synthesis", "load_time": later_load, **SIZE},
     }
-
-
-def stages(home: Path) -> list[sqlite3.Row]:
-    db = sqlite3.connect(home / "data" / "history.db")
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute("SELECT * FROM stages ORDER BY exchange_id, idx").fetchall()
-    finally:
-        db.close()
 
 
 def ask(server, home: Path, **env: str) -> list[sqlite3.Row]:

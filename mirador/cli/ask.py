@@ -293,12 +293,12 @@ def _stream(settings: Any, request: Any, renderer: Any, recorder: Any, router: A
 async def _speculate(settings: Any, client: Any, request: Any, router: Any, profile: str | None,
                      watch: _Watch | None) -> Any:
     """Start the router's close interpretations together (mirador.predict.ask_speculation); the
-    common case, a clear margin, returns at once without importing anything."""
+    common case, a clear margin, returns at once without planning or importing the executor."""
     if watch is None or not watch.speculate or router.margin >= float(settings.speculate_margin):
         return None
     from mirador.predict.ask_speculation import start
 
-    watch.speculation = await start(client, request, router, settings, profile, enabled=True)
+    watch.speculation = await start(client, request, router, settings, profile)
     return watch.speculation
 
 

@@ -39,7 +39,8 @@ def run_route(args: argparse.Namespace) -> int:
             raise UsageError("--installed names no model", hint="--installed llama3.2:1b,phi3:mini")
     routed, fast, timings, extra = _route(settings, prompt, installed, refine=not args.fast, profile=args.profile)
     report = plan_dict(routed, fast, timings)
-    report["speculation"] = _speculation(settings, prompt, fast, routed, extra, args.profile)
+    if args.json or args.explain:  # the short form does not show it: no extra plans for it
+        report["speculation"] = _speculation(settings, prompt, fast, routed, extra, args.profile)
     if args.json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
     elif args.explain:

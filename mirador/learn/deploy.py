@@ -17,7 +17,6 @@ state.json as they were.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 import urllib.request
@@ -27,11 +26,20 @@ from typing import Any, BinaryIO
 from mirador.errors import MiradorError, RuntimeFailure, RuntimeUnavailable
 
 MODES = ("auto", "adapter", "fused")
-STAGING_SUFFIX = "-next"
 
 
 def deployed_name(base: str) -> str:
-    return f"{base}-mirador" if ":" in base else f"{base}:latest-mirador"
+    # The planner knows these names too (personalized routing, staging models hidden): one definition.
+    from mirador.routing.installed import PERSONAL_SUFFIX
+
+    return f"{base}{PERSONAL_SUFFIX}" if ":" in base else f"{base}:latest{PERSONAL_SUFFIX}"
+
+
+def staging_name(name: str) -> str:
+    """Where a deploy builds and checks its candidate before it replaces `name`."""
+    from mirador.routing.installed import STAGING_MARK
+
+    return name + STAGING_MARK
 
 
 def state_file() -> Path:
@@ -171,7 +179,7 @@ def deploy(host: str, base: str, adapter: Path, stamp: str, *, mode: str = "auto
     if mode not in MODES:
         raise MiradorError(f"unknown deploy mode '{mode}': expected one of {', '.join(MODES)}")
     name = name or deployed_name(base)
-    staging = name + STAGING_SUFFIX
+    staging = staging_name(name)
     refusal: str | None = None
     path = None
     fused_digest: str | None = None
@@ -224,7 +232,7 @@ def rollback(host: str) -> dict[str, Any]:
     if not adapter.is_file():
         raise MiradorError(f"the previous adapter {adapter} is gone")
     name = previous.get("model") or deployed_name(previous["base"])
-    staging = name + STAGING_SUFFIX
+    staging = staging_name(name)
     try:
         digest = previous.get("fused_digest")
         if previous.get("path") == "fused" and digest and has_blob(host, digest.removeprefix("sha256:")):
@@ -257,9 +265,6 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1)
-    os.replace(tmp, path)
+    from mirador.yamlfile import write_private_atomically
+
+    write_private_atomically(path, json.dumps(state, indent=1))

@@ -85,8 +85,9 @@ def converted_dir(gguf_path: Path, root: Path | None = None, digest: str | None 
     return out
 
 
-def check_architecture(gguf_path: Path) -> str:
-    """The GGUF's architecture if the converter handles it; a ConversionError naming it if not.
+def check_architecture(gguf_path: Path) -> Any:
+    """The GGUF's header (runtime.gguf.GGUFHeader) if the converter handles its architecture; a
+    ConversionError naming the architecture if not.
 
     Reads only the header: cheap enough to run before the training libraries are even imported."""
     from mirador.runtime.gguf import GGUFError, read_header
@@ -100,7 +101,7 @@ def check_architecture(gguf_path: Path) -> str:
             f"training supports the {', '.join(SUPPORTED_ARCHITECTURES)} architecture, not "
             f"'{header.architecture}' ({Path(gguf_path).name})",
             hint="train on a llama-family model (smollm2, llama3, …)")
-    return str(header.architecture)
+    return header
 
 
 def verify_cache(folder: Path) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mirador.errors import MiradorError
-from mirador.learn.deploy import deployed_name
+from mirador.learn.deploy import deploy, deployed_name, rollback  # noqa: F401 (rollback: re-exported, train's entry point)
 from mirador.learn.trainers.base import Hyperparams
 
 SANITY_PROMPTS = ["What is the capital of France?", "Give me one tip for writing clear emails."]
@@ -220,7 +220,7 @@ def _run_locked(history: Any, options: TrainOptions, say: Any, root: Path, stamp
         judge_available(options.host, options.judge)  # before the training, not after
     located = base_gguf(options)
     gguf_path = located.path
-    check_architecture(gguf_path)  # a header read: before seconds of importing the training libraries
+    header = check_architecture(gguf_path)  # a header read: before seconds of importing the training libraries
     backend = resolve_backend(options.backend)
     trainer = get_trainer(backend)
     say(f"base weights from {gguf_path} ({located.source}; converted once, cached by digest)")
@@ -263,9 +263,7 @@ def _run_locked(history: Any, options: TrainOptions, say: Any, root: Path, stamp
         report["summary"] = f"not deployed: {verdict['reason']}"
         return report
     from mirador.learn.export import export_gguf_lora
-    from mirador.runtime.gguf import read_header
 
-    header = read_header(gguf_path)
     n_head = int(header.arch_value("attention.head_count"))
     n_head_kv = int(header.arch_value("attention.head_count_kv", n_head))
     adapter = export_gguf_lora(result.adapter_dir, out / "adapter.gguf", n_head, n_head_kv)
@@ -294,27 +292,13 @@ def _stopped(options: TrainOptions, log: RunLog, stamp: str, out: Path, when: st
 
 def _write_metrics(out: Path, report: dict[str, Any]) -> None:
     """metrics.json beside the adapter, atomically: `train list` never reads half a file."""
-    path = out / "metrics.json"
-    tmp = path.with_name(f".metrics.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    from mirador.yamlfile import write_private_atomically
 
-
-def deploy(host: str, base: str, adapter: Path, stamp: str, **how: Any) -> dict[str, Any]:
-    """learn/deploy.py's atomic switch: {model, path ("adapter" or "fused"), stamp, refusal}."""
-    from mirador.learn.deploy import deploy as deploy_adapter
-
-    return deploy_adapter(host, base, adapter, stamp, **how)
-
-
-def rollback(host: str) -> dict[str, Any]:
-    from mirador.learn.deploy import rollback as rollback_adapter
-
-    return rollback_adapter(host)
+    write_private_atomically(out / "metrics.json", json.dumps(report, indent=1, default=str))
 
 
 def status() -> dict[str, Any]:
-    from mirador.learn.deploy import read_state
+    from mirador.learn.deploy import read_state, state_file
 
     root = learn_dir()
     logs = sorted((root / "logs").glob("train-*.jsonl")) if (root / "logs").is_dir() else []
@@ -322,7 +306,7 @@ def status() -> dict[str, Any]:
     if logs:
         lines = logs[-1].read_text(encoding="utf-8").splitlines()
         last = json.loads(lines[-1]) if lines else None
-    return {**read_state(root / "state.json"), "last_log": str(logs[-1]) if logs else None, "last_event": last,
+    return {**read_state(state_file()), "last_log": str(logs[-1]) if logs else None, "last_event": last,
             "running": _locked(root / "train.lock")}
 
 

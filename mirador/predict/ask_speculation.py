@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mirador.predict.speculative import AdoptingClient, Candidate, Speculation, speculation_blocker
+from mirador.predict.speculative import DEFAULT_MARGIN, AdoptingClient, Candidate, Speculation, speculation_blocker
 
 
 class AskSpeculation:
@@ -78,7 +78,7 @@ def choose(margin: float, interpretations: Callable[[], list[Any]], settings: An
     --explain` alike. `interpretations` is only called when the margin is small."""
     if not enabled:
         return [], "speculation is off (--no-speculate or the `speculate` setting)"
-    threshold = float(getattr(settings, "speculate_margin", 0.15))
+    threshold = float(getattr(settings, "speculate_margin", DEFAULT_MARGIN))
     if margin >= threshold:  # the common case: decided without planning other interpretations
         return [], f"the margin {margin:.2f} is not below {threshold:.2f}: the router is sure enough"
     from mirador.routing.interpret import speculation_set
@@ -89,11 +89,10 @@ def choose(margin: float, interpretations: Callable[[], list[Any]], settings: An
     return chosen, speculation_blocker(margin, settings, profile)
 
 
-async def start(client: Any, request: Any, router: Any, settings: Any, profile: str | None,
-                enabled: bool) -> AskSpeculation | None:
+async def start(client: Any, request: Any, router: Any, settings: Any, profile: str | None) -> AskSpeculation | None:
     """Speculate when it pays: sets request.stages to the winner's plan and returns the speculation,
     whose `client` the chain executor must use. None: no speculation, nothing changed."""
-    chosen, why_not = choose(router.margin, router.interpretations, settings, profile, enabled)
+    chosen, why_not = choose(router.margin, router.interpretations, settings, profile)
     if why_not is not None or not router.decides_quickly(client):
         # Nothing is shown until the decision: without cached example vectors it would take seconds
         # (the first time only; `mirador route` or the refinement of stages 2..n caches them).
@@ -114,7 +113,7 @@ async def start(client: Any, request: Any, router: Any, settings: Any, profile: 
     except BaseException:
         await spec.aclose()
         raise
-    request.stages = router.adopt(winner, spec.decided_by)
+    request.stages = router.adopt(winner)
     spec.client = AdoptingClient(client, runner)
     return spec
 

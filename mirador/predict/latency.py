@@ -58,8 +58,6 @@ class StageObserver:
             if stage.total_ms is None:  # failed or interrupted: the server said nothing about its load
                 continue
             stage.preload_hit = is_hit(stage.load_ms) and not self._pending.get(stage.index + 1, False)
-            if stage.wait_ms is None and stage.load_ms is not None:
-                stage.wait_ms = stage.load_ms
 
 
 def latency_by_stage(db_path: Path, since: float | None = None) -> list[StageLatency]:

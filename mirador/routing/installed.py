@@ -108,7 +108,8 @@ def installed_models(matrix: CapabilityMatrix, tags: list[dict[str, Any]]) -> li
 PERSONAL_SUFFIX = "-mirador"  # what `mirador train` deploys a base's adapter as (learn/deploy.py)
 # The candidate a deploy builds and checks before it replaces `<base>-mirador`; a killed deploy can leave
 # one behind, and it must never answer a question.
-STAGING_SUFFIX = PERSONAL_SUFFIX + "-next"
+STAGING_MARK = "-next"
+STAGING_SUFFIX = PERSONAL_SUFFIX + STAGING_MARK
 
 
 def personal_twins(models: list[InstalledModel]) -> dict[str, InstalledModel]:

@@ -91,7 +91,6 @@ class LiveRouter:
         self._task: asyncio.Task[Plan | None] | None = None
         self.analysis: QueryAnalysis | None = None  # the fast path's
         self._interpretations: list[Interpretation] | None = None
-        self.decided_by: str | None = None  # set when a speculation's refined decision chose the plan
 
     async def first_stages(self, client: Any) -> list[Any]:
         from mirador.routing.installed import fetch_tags, installed_models
@@ -168,12 +167,11 @@ class LiveRouter:
         ranked = sorted(among, key=lambda i: (i.domain != analysis.domain, -analysis.scores.get(i.domain, 0.0)))
         return ranked[0], analysis.path
 
-    def adopt(self, winner: Interpretation, decided_by: str) -> list[Any]:
+    def adopt(self, winner: Interpretation) -> list[Any]:
         """The speculation chose `winner`: its plan is the chain now, and it was refined already."""
         assert self.matrix is not None
         self.quick = winner.plan
         self._refine_with = None
-        self.decided_by = decided_by
         return to_stages(self.matrix, winner.plan)
 
     async def _refined_analysis(self, client: Any, wait_for_context: bool = True) -> QueryAnalysis | None:

@@ -45,15 +45,16 @@ class StageStats:
         eval_count = chunk.get("eval_count")
         eval_ns = chunk.get("eval_duration")
         rate = eval_count / eval_ns * 1e9 if eval_count and eval_ns else None
-        total, prompt_ms, eval_ms = ms("total_duration"), ms("prompt_eval_duration"), ms("eval_duration")
-        wait = max(0.0, total - prompt_ms - eval_ms) if None not in (total, prompt_ms, eval_ms) else ms("load_duration")
+        total, prompt_ms, eval_ms, load_ms = (ms("total_duration"), ms("prompt_eval_duration"), ms("eval_duration"),
+                                              ms("load_duration"))
+        wait = max(0.0, total - prompt_ms - eval_ms) if None not in (total, prompt_ms, eval_ms) else load_ms
         return cls(
             ttft_ms=ttft_ms,
             total_ms=total_ms,
-            load_ms=ms("load_duration"),
+            load_ms=load_ms,
             prompt_eval_count=chunk.get("prompt_eval_count"),
             eval_count=eval_count,
-            eval_ms=ms("eval_duration"),
+            eval_ms=eval_ms,
             tokens_per_s=rate,
             done_reason=chunk.get("done_reason"),
             wait_ms=wait,

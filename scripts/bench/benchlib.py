@@ -87,9 +87,9 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
-def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
+def print_table(title: str, rows: list[tuple[str, ...]]) -> None:
     print(f"\n{title}")
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from benchlib import MIRADOR, bench_env, scripted_server
+from benchlib import MIRADOR, bench_env, print_table, scripted_server
 
 SCRIPTED = {
     "s1:1b": {"text": " ".join(["quick"] * 30), "load_time": 2.0, "ttft": 0.05, "rate": 100},
@@ -173,13 +173,6 @@ def breakdown(host: str, models: list[str], num_predict: int) -> list[tuple[str,
     return rows
 
 
-def table(title: str, rows: list[tuple[str, ...]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-
-
 @contextmanager
 def embedded_server() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="mirador-bench-") as home:
@@ -249,9 +242,10 @@ def main() -> int:
                         "mirador package in DIR (e.g. `git archive COMMIT mirador | tar -x -C DIR`)")
     args = parser.parse_args()
     month, calib, ece, month_ok = month_rows(args.seed)
-    table(f"a synthetic month (seed {args.seed}), days 8-30 after a week of history "
-          "(target: at least 80% warm, at most 20% wasted)", month)
-    table(f"reliability with memory, recurring topics, held-out last quarter (calibration error {ece:.3f})", calib)
+    print_table(f"a synthetic month (seed {args.seed}), days 8-30 after a week of history "
+                "(target: at least 80% warm, at most 20% wasted)", month)
+    print_table(f"reliability with memory, recurring topics, held-out last quarter "
+                f"(calibration error {ece:.3f})", calib)
     rows = [("stage", "time to first token: none -> load -> load+prefix", "load only", "load+prefix",
              "of which load (server)")]
     with scripted_server(SCRIPTED) as (host, _):
@@ -265,14 +259,14 @@ def main() -> int:
                                        ["-o", "num_predict=48"], args.against)
             rows += embedded
             parts = breakdown(host, EMBEDDED, 48)
-    table(f"speculation: time to the chosen interpretation's first token, median of {args.runs} cold runs "
-          "(the refined decision against deciding first, then starting)", speculation_rows(args.runs))
-    table(f"stage start latency in a three-stage ask, median of {args.runs} cold runs (target: 5x)", rows)
+    print_table(f"speculation: time to the chosen interpretation's first token, median of {args.runs} cold runs "
+                "(the refined decision against deciding first, then starting)", speculation_rows(args.runs))
+    print_table(f"stage start latency in a three-stage ask, median of {args.runs} cold runs (target: 5x)", rows)
     if parts:
-        table("embedded runtime, stages 2 and 3 of one ask per mode: where the time to first token goes", parts)
+        print_table("embedded runtime, stages 2 and 3 of one ask per mode: where the time to first token goes", parts)
     if versus:
-        table(f"load+prefix, the source in {args.against} -> this tree (median of {args.runs}, same runs)",
-              [("what", "time", "ratio"), *versus])
+        print_table(f"load+prefix, the source in {args.against} -> this tree (median of {args.runs}, same runs)",
+                    [("what", "time", "ratio"), *versus])
     scripted = min(float(r[3].rstrip("x")) for r in rows[1:] if r[0].startswith("scripted")
                    and r[0].endswith(("stage 2", "stage 3")))
     ok = scripted >= 5 and month_ok

@@ -150,13 +150,6 @@ def rows(runs: int, cold: bool) -> list[tuple[str, ...]]:
     ]
 
 
-def table(title: str, lines: list[tuple[str, ...]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
-    for row in lines:
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -165,10 +158,12 @@ def main() -> int:
     if args.child:
         print(json.dumps(asyncio.run(_one(args.child, float(os.environ["BENCH_SPAWNED"])))))
         return 0
+    from benchlib import print_table
+
     for cold in (True, False):
         state = f"cold ({LOAD_S:g} s loads)" if cold else "warm"
-        table(f"speculation on a query the fast path cannot decide, models {state}, median of {args.runs} "
-              "(ratio: baseline / this; higher is faster)", rows(args.runs, cold))
+        print_table(f"speculation on a query the fast path cannot decide, models {state}, median of {args.runs} "
+                    "(ratio: baseline / this; higher is faster)", rows(args.runs, cold))
     return 0
 
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import MIRADOR, PYTHON, ROOT, bench_env
+from benchlib import MIRADOR, PYTHON, ROOT, bench_env, print_table
 
 TOPICS = ["the sea", "bread", "rain", "cats", "trains", "music", "winter", "coffee", "books", "stars", "gardens",
           "bikes", "maps", "clocks"]
@@ -146,15 +146,8 @@ def backends_table(base: Path, label: str, backends: list[str], steps: int, roun
         t, m = results["torch"], results["mlx"]
         rows.append(("mlx / torch", f"{m['tokens_per_s'] / t['tokens_per_s']:.2f}x",
                      f"{m['peak_rss_mb'] / t['peak_rss_mb']:.2f}x", "", ""))
-    table(f"Training throughput and memory, {label}: {steps} steps, batch 1, max 96 tokens, LoRA r8 on q/v, "
-          f"median of {rounds} interleaved run(s)", rows)
-
-
-def table(title: str, rows: list[tuple[str, ...]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print_table(f"Training throughput and memory, {label}: {steps} steps, batch 1, max 96 tokens, LoRA r8 on q/v, "
+                f"median of {rounds} interleaved run(s)", rows)
 
 
 def rated_history(home: Path) -> None:
@@ -217,7 +210,8 @@ def ci_case(backends: list[str], tmp: Path) -> None:
         rows.append((f"  of which training loop ({report['steps']} steps, {report['tokens_per_s']:.0f} tok/s)",
                      f"{report['seconds']:.1f}", f"loss {report['losses'][0]:.2f} -> {report['losses'][-1]:.2f}, "
                      f"held-out {report['valid_before']:.2f} -> {report['valid_after']:.2f}"))
-    table("CI case: `mirador train` start to a deployed smollm2:135m-mirador (fresh home: conversion included)", rows)
+    print_table("CI case: `mirador train` start to a deployed smollm2:135m-mirador "
+                "(fresh home: conversion included)", rows)
 
 
 def main() -> None:
